@@ -193,9 +193,14 @@ pub enum LifecycleError {
     #[error("the key is {0}, only a staged key can be activated")]
     NotStaged(&'static str),
     #[error(
-        "the key has been published for less than stage_lead; it may be activated from {ready_at} (or use force=true)"
+        "the key has been published for less than stage_lead; it may be activated from {} (or use force=true)",
+        rfc3339(ready_at)
     )]
     TooEarly { ready_at: OffsetDateTime },
+}
+
+fn rfc3339(t: &OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn find<'k>(keys: &'k [Key], kid: &str) -> Result<&'k Key, LifecycleError> {

@@ -12,4 +12,4 @@ pub use key::{
     rotate, schedule, stage,
 };
 pub use period::{Period, PeriodError};
-pub use tenant::{InvalidTenantId, Policy, PolicyError, Tenant, TenantError, TenantId, validate_identity};
+pub use tenant::{InvalidTenantId, Policy, PolicyError, PolicyPatch, Tenant, TenantError, TenantId, validate_identity};

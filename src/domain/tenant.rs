@@ -32,6 +32,14 @@ impl TenantId {
     }
 }
 
+/// Lets maps keyed by `TenantId` be queried with a `&str` from a request path, without
+/// validating or allocating first.
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -110,6 +118,30 @@ impl Policy {
             });
         }
         Ok(())
+    }
+}
+
+/// Policy fields a client may set; absent fields keep their current (or default) value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct PolicyPatch {
+    pub signing_alg: Option<SigningAlg>,
+    pub rotation_period: Option<Period>,
+    pub overlap: Option<Period>,
+    pub stage_lead: Option<Period>,
+    pub access_token_ttl: Option<Period>,
+    pub refresh_token_ttl: Option<Period>,
+}
+
+impl PolicyPatch {
+    pub fn apply(&self, base: &Policy) -> Policy {
+        Policy {
+            signing_alg: self.signing_alg.unwrap_or(base.signing_alg),
+            rotation_period: self.rotation_period.unwrap_or(base.rotation_period),
+            overlap: self.overlap.unwrap_or(base.overlap),
+            stage_lead: self.stage_lead.unwrap_or(base.stage_lead),
+            access_token_ttl: self.access_token_ttl.unwrap_or(base.access_token_ttl),
+            refresh_token_ttl: self.refresh_token_ttl.unwrap_or(base.refresh_token_ttl),
+        }
     }
 }
 

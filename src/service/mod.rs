@@ -1,0 +1,16 @@
+//! Use cases: each public method is one operation an admin, an issuer, a relying party or
+//! a background loop performs, composed from the store, the key-set registry, the clock
+//! and the crypto. HTTP handlers and CLI commands call these and nothing below them.
+
+mod audit_sink;
+mod error;
+mod keys;
+pub mod sync;
+mod tenants;
+mod views;
+
+pub use audit_sink::AuditSink;
+pub use error::ServiceError;
+pub use keys::{KeyChange, KeyService, ServiceSettings};
+pub use tenants::NewTenant;
+pub use views::KeyView;

@@ -1,0 +1,195 @@
+//! The composition root. [`Services`] assembles store, keys and registry from `Settings`
+//! (used by `serve` and by the CLI); [`Application`] adds the HTTP server and background
+//! tasks. Tests build the same `Application` on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::bootstrap;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::domain::Actor;
+use crate::health::{self, Health};
+use crate::http::{self, AppState, HttpSettings};
+use crate::keyset::Registry;
+use crate::metrics::Metrics;
+use crate::service::{AuditSink, KeyService, ServiceSettings, sync};
+use crate::store::{self, Backend, Store};
+
+/// The use cases wired to their dependencies, without any server.
+pub struct Services {
+    pub backend: Backend,
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<KeyService>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Services {
+    /// Connects, migrates, and loads every tenant's key set (which proves the master keys
+    /// decrypt what is stored).
+    pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Services> {
+        let url = settings.database_url.expose();
+        let backend = Backend::from_url(url)?;
+        let store = store::connect(url).await.context("connecting to the database (DATABASE_URL)")?;
+        let master = Arc::new(bootstrap::master_keys(settings, backend)?);
+        let metrics = Arc::new(Metrics::new());
+        let service_settings = ServiceSettings {
+            jwks_max_age: settings.jwks_max_age,
+            leeway: settings.leeway,
+            tenant_defaults: settings.tenant_defaults.clone(),
+            public_url: settings.public_url(),
+        };
+        let keys = Arc::new(KeyService::new(
+            Arc::clone(&store),
+            master,
+            clock,
+            Arc::new(Registry::default()),
+            Arc::clone(&metrics),
+            service_settings,
+        ));
+        let tenants = keys.load_all().await.context("loading key sets (is KEYWARD_MASTER_KEYS the right key?)")?;
+        tracing::info!(backend = store.backend(), tenants, "key sets loaded");
+        Ok(Services { backend, store, keys, metrics })
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: axum::Router,
+    state: AppState,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown_grace: std::time::Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        let services = Services::build(&settings, clock).await?;
+        let admin_secrets = bootstrap::admin_secrets(&settings, services.backend, services.store.as_ref()).await?;
+        let issuer_secrets = http::auth::SecretSet::from_secrets(settings.issuer_secrets.iter().map(|s| s.expose()));
+
+        services
+            .keys
+            .ensure_tenant(&settings.default_tenant, &Actor::system("startup"))
+            .await
+            .context("creating the default tenant")?;
+
+        let health = Arc::new(Health::default());
+        health.set_database(health::DependencyState::Up, &services.metrics);
+        let (audit, audit_writer) = AuditSink::new(Arc::clone(&services.store), Arc::clone(&services.metrics));
+        let cache_control = format!("public, max-age={}", settings.jwks_max_age.as_secs());
+        let state = AppState {
+            keys: Arc::clone(&services.keys),
+            metrics: Arc::clone(&services.metrics),
+            health: Arc::clone(&health),
+            admin_secrets: Arc::new(admin_secrets),
+            issuer_secrets: Arc::new(issuer_secrets),
+            audit,
+            default_tenant: settings.default_tenant.clone(),
+            public_url: settings.public_url().into(),
+            jwks_cache_control: HeaderValue::from_str(&cache_control).context("jwks_max_age")?,
+        };
+        let http_settings = HttpSettings {
+            max_body_bytes: settings.max_body_bytes,
+            request_timeout: settings.request_timeout.as_std(),
+            allowed_origins: settings.allowed_origins.clone(),
+            https: settings.public_url().starts_with("https://"),
+        };
+        let router = http::router(state.clone(), &http_settings);
+
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {} (KEYWARD_LISTEN)", settings.listen))?;
+        let addr = listener.local_addr()?;
+
+        let tasks = vec![
+            tokio::spawn(audit_writer),
+            tokio::spawn(health::probe_database(
+                Arc::clone(&health),
+                Arc::clone(&services.store),
+                Arc::clone(&services.metrics),
+                settings.health_interval.as_std(),
+            )),
+            tokio::spawn(sync::reconcile_loop(Arc::clone(&services.keys), settings.reconcile_interval.as_std())),
+        ];
+        health.set_loaded();
+        Ok(Application { listener, addr, router, state, tasks, shutdown_grace: settings.shutdown_grace.as_std() })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state handlers see, for tests and embedding.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, marks itself unready and
+    /// gives in-flight requests `shutdown_grace` to finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let health = Arc::clone(&self.state.health);
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            health.set_stopping();
+            tracing::info!("shutting down");
+            let _ = stopped_tx.send(());
+        };
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(signal);
+        tracing::info!(addr = %self.addr, "listening");
+        let grace = self.shutdown_grace;
+        let server = tokio::spawn(async move { server.await });
+        let result = tokio::select! {
+            r = server => r.context("server task")?.context("serving HTTP"),
+            () = async {
+                let _ = stopped_rx.await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("in-flight requests did not finish within the shutdown grace");
+                Ok(())
+            }
+        };
+        for task in self.tasks {
+            task.abort();
+        }
+        result
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,32 @@
+//! Migrations are compiled into the binary (no files needed at run time) and applied at
+//! start-up and by `keyward migrate`. Each backend has its own SQL under `migrations/`.
+
+use std::borrow::Cow;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+type Source = (i64, &'static str, &'static str);
+
+const POSTGRES: &[Source] = &[(1, "keys", include_str!("../../migrations/postgres/0001_keys.sql"))];
+
+const SQLITE: &[Source] = &[(1, "keys", include_str!("../../migrations/sqlite/0001_keys.sql"))];
+
+fn migrator(sources: &[Source]) -> Migrator {
+    Migrator::with_migrations(
+        sources
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(*version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
+}
+
+pub(super) fn postgres() -> Migrator {
+    migrator(POSTGRES)
+}
+
+pub(super) fn sqlite() -> Migrator {
+    migrator(SQLITE)
+}

@@ -1,0 +1,289 @@
+//! The production backend: PostgreSQL, shared by every replica.
+//!
+//! Connection problems surface as [`StoreError::Unavailable`] within the pool's acquire
+//! timeout, so a write during a database outage answers 503 promptly instead of hanging.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use time::OffsetDateTime;
+
+use super::rows::{self, Columns, KEY_COLUMNS, TENANT_COLUMNS};
+use super::{LoadedTenant, NewKey, Store, StoreError, StoredKey, TenantVersion};
+use crate::domain::{AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid postgres:// URL".into()))?
+            .application_name("keyward");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(PgStore { pool })
+    }
+}
+
+impl Columns for PgRow {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn text_opt(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn ts(&self, col: &str) -> Result<OffsetDateTime, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn ts_opt(&self, col: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+async fn insert_events(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<(), StoreError> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO audit_events (at, tenant_id, actor, type, kid, session_id, user_id, ip, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(e.at)
+        .bind(e.tenant.as_ref().map(TenantId::as_str))
+        .bind(&e.actor)
+        .bind(e.kind.as_str())
+        .bind(e.kid.as_deref())
+        .bind(e.session_id.as_deref())
+        .bind(e.user_id.as_deref())
+        .bind(e.ip.as_deref())
+        .bind((!e.detail.is_null()).then(|| e.detail.to_string()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn apply_plan_in(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    plan: &Plan,
+    fresh: Option<&NewKey>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let fresh_kid = match (plan.fresh, fresh) {
+        (Some(alg), Some(key)) => {
+            sqlx::query(
+                "INSERT INTO keys (tenant_id, kid, alg, state, public_jwk, kek_id, wrapped_dek, private_key, created_at) \
+                 VALUES ($1, $2, $3, 'staged', $4, $5, $6, $7, $8)",
+            )
+            .bind(tenant.as_str())
+            .bind(&key.public.kid)
+            .bind(alg.as_str())
+            .bind(rows::jwk_json(&key.public))
+            .bind(&key.sealed.kek_id)
+            .bind(&key.sealed.wrapped_dek)
+            .bind(&key.sealed.ciphertext)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Some(key.public.kid.as_str())
+        }
+        (None, _) => None,
+        (Some(_), None) => return Err(StalePlan { kid: "<fresh>".into(), expected: "generated" }.into()),
+    };
+    for t in &plan.transitions {
+        let kid = match &t.key {
+            KeyRef::Existing(kid) => kid.as_str(),
+            KeyRef::Fresh => fresh_kid.unwrap_or_default(),
+        };
+        let stamp = rows::stamp_column(t.to);
+        let sql = rows::transition_sql(stamp);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(kid)
+            .bind(t.to.as_str())
+            .bind(t.from.as_str());
+        if stamp.is_some() {
+            query = query.bind(now);
+        }
+        let done = query.execute(&mut *conn).await?;
+        if done.rows_affected() != 1 {
+            return Err(StalePlan { kid: kid.to_owned(), expected: t.from.as_str() }.into());
+        }
+    }
+    sqlx::query("UPDATE tenants SET version = version + 1 WHERE id = $1")
+        .bind(tenant.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        super::migrations::postgres().run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(StoreError::Unavailable)?;
+        Ok(())
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?)
+    }
+
+    async fn insert_meta(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        plan: &Plan,
+        fresh: Option<&NewKey>,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let p = &tenant.policy;
+        sqlx::query(
+            "INSERT INTO tenants (id, issuer, audiences, signing_alg, rotation_period_s, overlap_s, stage_lead_s, \
+             access_token_ttl_s, refresh_token_ttl_s, created_at, updated_at) \
+             VALUES ($1, $2, CAST($3 AS JSONB), $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(tenant.id.as_str())
+        .bind(&tenant.issuer)
+        .bind(rows::audiences_json(tenant))
+        .bind(p.signing_alg.as_str())
+        .bind(rows::period_i64(p.rotation_period))
+        .bind(rows::period_i64(p.overlap))
+        .bind(rows::period_i64(p.stage_lead))
+        .bind(rows::period_i64(p.access_token_ttl))
+        .bind(rows::period_i64(p.refresh_token_ttl))
+        .bind(tenant.created_at)
+        .bind(tenant.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("tenant"),
+            other => other,
+        })?;
+        apply_plan_in(&mut tx, &tenant.id, plan, fresh, now).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_tenant(&self, tenant: &Tenant, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let p = &tenant.policy;
+        let done = sqlx::query(
+            "UPDATE tenants SET issuer = $2, audiences = CAST($3 AS JSONB), signing_alg = $4, rotation_period_s = $5, \
+             overlap_s = $6, stage_lead_s = $7, access_token_ttl_s = $8, refresh_token_ttl_s = $9, updated_at = $10, \
+             version = version + 1 WHERE id = $1",
+        )
+        .bind(tenant.id.as_str())
+        .bind(&tenant.issuer)
+        .bind(rows::audiences_json(tenant))
+        .bind(p.signing_alg.as_str())
+        .bind(rows::period_i64(p.rotation_period))
+        .bind(rows::period_i64(p.overlap))
+        .bind(rows::period_i64(p.stage_lead))
+        .bind(rows::period_i64(p.access_token_ttl))
+        .bind(rows::period_i64(p.refresh_token_ttl))
+        .bind(tenant.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NotFound);
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(rows::tenant).transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id");
+        let all = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        all.iter().map(rows::tenant).collect()
+    }
+
+    async fn tenant_versions(&self) -> Result<Vec<TenantVersion>, StoreError> {
+        let all = sqlx::query("SELECT id, version FROM tenants ORDER BY id").fetch_all(&self.pool).await?;
+        all.iter().map(rows::tenant_version).collect()
+    }
+
+    async fn load_tenant(&self, id: &TenantId) -> Result<Option<LoadedTenant>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let sql = format!("SELECT {TENANT_COLUMNS}, version FROM tenants WHERE id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str()).fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE tenant_id = $1 ORDER BY created_at, kid");
+        let keys = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str()).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(LoadedTenant {
+            tenant: rows::tenant(&row)?,
+            version: row.int("version")?,
+            keys: keys.iter().map(rows::stored_key).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE tenant_id = $1 ORDER BY created_at, kid");
+        let all = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str()).fetch_all(&self.pool).await?;
+        all.iter().map(rows::stored_key).collect()
+    }
+
+    async fn apply_plan(
+        &self,
+        tenant: &TenantId,
+        plan: &Plan,
+        fresh: Option<&NewKey>,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        apply_plan_in(&mut tx, tenant, plan, fresh, now).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! Row decoding shared by both backends. Each backend implements [`Columns`] for its row
+//! type (the only place timestamp representations differ); turning columns into domain
+//! values is written once, here.
+
+use time::OffsetDateTime;
+
+use super::{StoreError, StoredKey, TenantVersion};
+use crate::crypto::{PublicJwk, Sealed};
+use crate::domain::{Key, KeyState, Period, Policy, SigningAlg, Tenant, TenantId};
+
+/// Typed column access over a backend's row.
+pub(super) trait Columns {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn text_opt(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
+    fn ts(&self, col: &str) -> Result<OffsetDateTime, StoreError>;
+    fn ts_opt(&self, col: &str) -> Result<Option<OffsetDateTime>, StoreError>;
+}
+
+pub(super) fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+pub(super) fn tenant_id(text: &str) -> Result<TenantId, StoreError> {
+    TenantId::parse(text).map_err(|_| corrupt("tenant id"))
+}
+
+fn period(row: &impl Columns, col: &str) -> Result<Period, StoreError> {
+    let secs = row.int(col)?;
+    u64::try_from(secs).map(Period::from_secs).map_err(|_| corrupt(col))
+}
+
+pub(super) const TENANT_COLUMNS: &str = "id, issuer, CAST(audiences AS TEXT) AS audiences, signing_alg, rotation_period_s, overlap_s, \
+     stage_lead_s, access_token_ttl_s, refresh_token_ttl_s, created_at, updated_at";
+
+pub(super) fn tenant(row: &impl Columns) -> Result<Tenant, StoreError> {
+    let audiences: Vec<String> = serde_json::from_str(&row.text("audiences")?).map_err(|_| corrupt("audiences"))?;
+    Ok(Tenant {
+        id: tenant_id(&row.text("id")?)?,
+        issuer: row.text("issuer")?,
+        audiences,
+        policy: Policy {
+            signing_alg: SigningAlg::parse(&row.text("signing_alg")?).ok_or_else(|| corrupt("signing_alg"))?,
+            rotation_period: period(row, "rotation_period_s")?,
+            overlap: period(row, "overlap_s")?,
+            stage_lead: period(row, "stage_lead_s")?,
+            access_token_ttl: period(row, "access_token_ttl_s")?,
+            refresh_token_ttl: period(row, "refresh_token_ttl_s")?,
+        },
+        created_at: row.ts("created_at")?,
+        updated_at: row.ts("updated_at")?,
+    })
+}
+
+pub(super) fn tenant_version(row: &impl Columns) -> Result<TenantVersion, StoreError> {
+    Ok(TenantVersion { id: tenant_id(&row.text("id")?)?, version: row.int("version")? })
+}
+
+pub(super) const KEY_COLUMNS: &str = "kid, alg, state, public_jwk, kek_id, wrapped_dek, private_key, created_at, \
+     activated_at, retired_at, expired_at, revoked_at, last_token_exp";
+
+pub(super) fn stored_key(row: &impl Columns) -> Result<StoredKey, StoreError> {
+    let kid = row.text("kid")?;
+    let public: PublicJwk = serde_json::from_str(&row.text("public_jwk")?).map_err(|_| corrupt("public_jwk"))?;
+    if public.kid != kid {
+        return Err(corrupt(format!("public_jwk of key {kid} names another kid")));
+    }
+    Ok(StoredKey {
+        meta: Key {
+            alg: SigningAlg::parse(&row.text("alg")?).ok_or_else(|| corrupt("alg"))?,
+            state: KeyState::parse(&row.text("state")?).ok_or_else(|| corrupt("state"))?,
+            created_at: row.ts("created_at")?,
+            activated_at: row.ts_opt("activated_at")?,
+            retired_at: row.ts_opt("retired_at")?,
+            expired_at: row.ts_opt("expired_at")?,
+            revoked_at: row.ts_opt("revoked_at")?,
+            last_token_exp: row.ts_opt("last_token_exp")?,
+            kid,
+        },
+        public,
+        sealed: Sealed {
+            kek_id: row.text("kek_id")?,
+            wrapped_dek: row.bytes("wrapped_dek")?,
+            ciphertext: row.bytes("private_key")?,
+        },
+    })
+}
+
+/// The timestamp column a transition into `state` sets.
+pub(super) fn stamp_column(state: KeyState) -> Option<&'static str> {
+    match state {
+        KeyState::Staged => None,
+        KeyState::Active => Some("activated_at"),
+        KeyState::Retired => Some("retired_at"),
+        KeyState::Expired => Some("expired_at"),
+        KeyState::Revoked => Some("revoked_at"),
+    }
+}
+
+/// The guarded state change of one transition: `$1` tenant, `$2` kid, `$3` new state,
+/// `$4` expected state, and `$5` the time, when the new state has a timestamp column.
+pub(super) fn transition_sql(stamp: Option<&str>) -> String {
+    let set_stamp = stamp.map(|c| format!(", {c} = $5")).unwrap_or_default();
+    format!("UPDATE keys SET state = $3{set_stamp} WHERE tenant_id = $1 AND kid = $2 AND state = $4")
+}
+
+pub(super) fn audiences_json(tenant: &Tenant) -> String {
+    // Serializing a Vec<String> cannot fail.
+    serde_json::to_string(&tenant.audiences).unwrap_or_else(|_| "[]".into())
+}
+
+pub(super) fn jwk_json(jwk: &PublicJwk) -> String {
+    serde_json::to_string(jwk).unwrap_or_default()
+}
+
+pub(super) fn period_i64(p: Period) -> i64 {
+    i64::try_from(p.as_secs()).unwrap_or(i64::MAX)
+}
