@@ -35,6 +35,8 @@ const ENV: &[(&str, &str)] = &[
     ("KEYWARD_ROTATION_INTERVAL", "rotation_interval"),
     ("KEYWARD_RECONCILE_INTERVAL", "reconcile_interval"),
     ("KEYWARD_HEALTH_INTERVAL", "health_interval"),
+    ("KEYWARD_REFRESH_REUSE_GRACE", "refresh_reuse_grace"),
+    ("KEYWARD_VERIFY_CACHE_ENTRIES", "verify_cache_entries"),
     ("ALLOWED_ORIGINS", "allowed_origins"),
     ("KEYWARD_MAX_BODY_BYTES", "max_body_bytes"),
     ("KEYWARD_REQUEST_TIMEOUT", "request_timeout"),
@@ -104,6 +106,9 @@ pub struct Settings {
     pub rotation_interval: Period,
     pub reconcile_interval: Period,
     pub health_interval: Period,
+    pub refresh_reuse_grace: Period,
+    #[serde(deserialize_with = "number")]
+    pub verify_cache_entries: usize,
     #[serde(deserialize_with = "comma_list")]
     pub allowed_origins: Vec<String>,
     #[serde(deserialize_with = "number")]

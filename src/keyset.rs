@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{EnvelopeError, KeyError, MasterKeys, Owner, PrivatePkcs8, PublicJwk, SigningKey, VerifyingKey};
 use crate::domain::{Key, KeyState, Tenant, TenantId};
-use crate::store::StoredKey;
+use crate::store::{LoadedTenant, SecretState, StoredKey, StoredSecret};
 
 /// What the `Owner` of a signing key's sealed private half is (associated data).
 pub fn key_owner<'a>(tenant: &'a TenantId, kid: &'a str) -> Owner<'a> {
@@ -55,6 +55,40 @@ pub struct KeyEntry {
     pub verifier: Option<VerifyingKey>,
 }
 
+/// Whether a shared secret is the one tokens are checked against first, or the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretRole {
+    Current,
+    Previous,
+}
+
+/// An HS256 shared secret, ready to verify. Never published, never used to sign.
+pub struct HmacSecret {
+    pub kid: String,
+    pub role: SecretRole,
+    pub key: aws_lc_rs::hmac::Key,
+    /// The previous secret stops verifying after this time (`None`: until removed).
+    pub not_after: Option<time::OffsetDateTime>,
+}
+
+impl std::fmt::Debug for HmacSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HmacSecret").field("kid", &self.kid).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+impl HmacSecret {
+    /// Whether this secret may still verify at `now`.
+    pub fn is_live(&self, now: time::OffsetDateTime) -> bool {
+        self.not_after.is_none_or(|t| now < t)
+    }
+}
+
+/// What the `Owner` of a sealed HS256 secret is (associated data).
+pub fn secret_owner<'a>(tenant: &'a TenantId, kid: &'a str) -> Owner<'a> {
+    Owner { purpose: "hmac", tenant: tenant.as_str(), id: kid }
+}
+
 /// A tenant's keys at one version. Immutable: changes build a new one.
 #[derive(Debug)]
 pub struct TenantKeys {
@@ -66,6 +100,8 @@ pub struct TenantKeys {
     /// The active key, ready to sign. `None` only if the database has no active key,
     /// which the lifecycle and a unique index prevent.
     pub signer: Option<Arc<SigningKey>>,
+    /// HS256 secrets, current first; empty until a secret is set.
+    pub hmac: Vec<HmacSecret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +128,25 @@ fn publication_rank(key: &Key) -> (u8, std::cmp::Reverse<time::OffsetDateTime>) 
 impl TenantKeys {
     /// Builds the snapshot, decrypting the active key. A key that cannot be decrypted or
     /// does not match its public half is an error: never serve or sign with garbage.
-    pub fn build(
-        tenant: Tenant,
-        version: i64,
-        stored: Vec<StoredKey>,
-        master: &MasterKeys,
-    ) -> Result<TenantKeys, SnapshotError> {
+    pub fn build(loaded: LoadedTenant, master: &MasterKeys) -> Result<TenantKeys, SnapshotError> {
+        let LoadedTenant { tenant, version, keys: stored, secrets } = loaded;
+        let mut hmac = secrets
+            .iter()
+            .filter_map(|s| {
+                let role = match s.state {
+                    SecretState::Current => SecretRole::Current,
+                    SecretState::Previous => SecretRole::Previous,
+                    SecretState::Retired => return None,
+                };
+                Some(unseal_secret(&tenant.id, s, master).map(|key| HmacSecret {
+                    kid: s.kid.clone(),
+                    role,
+                    key,
+                    not_after: s.not_after,
+                }))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        hmac.sort_by_key(|s| s.role != SecretRole::Current);
         let mut published: Vec<&StoredKey> = stored.iter().filter(|k| k.meta.state.is_published()).collect();
         published.sort_by_key(|k| publication_rank(&k.meta));
         let jwks = Jwks::build(&published.iter().map(|k| &k.public).collect::<Vec<_>>());
@@ -114,12 +163,23 @@ impl TenantKeys {
                 (k.meta.kid.clone(), KeyEntry { meta: k.meta, verifier })
             })
             .collect();
-        Ok(TenantKeys { tenant, version, jwks, keys, signer })
+        Ok(TenantKeys { tenant, version, jwks, keys, signer, hmac })
     }
 
     pub fn active_kid(&self) -> Option<&str> {
         self.signer.as_ref().map(|s| s.kid())
     }
+}
+
+fn unseal_secret(
+    tenant: &TenantId,
+    secret: &StoredSecret,
+    master: &MasterKeys,
+) -> Result<aws_lc_rs::hmac::Key, SnapshotError> {
+    let plain = master
+        .open(&secret.sealed, secret_owner(tenant, &secret.kid))
+        .map_err(|source| SnapshotError::Decrypt { tenant: tenant.clone(), kid: secret.kid.clone(), source })?;
+    Ok(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &plain))
 }
 
 /// Decrypts and parses a key's private half and checks it against the public half.
@@ -156,10 +216,10 @@ impl Registry {
     }
 
     /// Installs `snapshot` unless a newer version of the tenant is already installed (two
-    /// reloads racing must not roll a tenant back).
-    pub fn install(&self, snapshot: TenantKeys) {
+    /// reloads racing must not roll a tenant back). Returns the snapshot it replaced.
+    pub fn install(&self, snapshot: TenantKeys) -> Option<Arc<TenantKeys>> {
         let snapshot = Arc::new(snapshot);
-        self.tenants.rcu(|current| {
+        let previous = self.tenants.rcu(|current| {
             let mut next = HashMap::clone(current);
             match next.get(&snapshot.tenant.id) {
                 Some(existing) if existing.version > snapshot.version => {}
@@ -169,6 +229,7 @@ impl Registry {
             }
             next
         });
+        previous.get(&snapshot.tenant.id).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<TenantKeys>> {
@@ -179,5 +240,18 @@ impl Registry {
 
     pub fn version_of(&self, tenant: &TenantId) -> Option<i64> {
         self.tenants.load().get(tenant).map(|t| t.version)
+    }
+}
+
+impl TenantKeys {
+    /// Kids revoked in `self` that were not revoked in `before`.
+    pub fn newly_revoked<'a>(&'a self, before: &'a TenantKeys) -> impl Iterator<Item = &'a str> + 'a {
+        self.keys
+            .values()
+            .filter(move |k| {
+                k.meta.state == KeyState::Revoked
+                    && before.keys.get(&k.meta.kid).is_none_or(|b| b.meta.state != KeyState::Revoked)
+            })
+            .map(|k| k.meta.kid.as_str())
     }
 }

@@ -19,14 +19,19 @@ use crate::health::{self, Health};
 use crate::http::{self, AppState, HttpSettings};
 use crate::keyset::Registry;
 use crate::metrics::Metrics;
-use crate::service::{AuditSink, KeyService, ServiceSettings, sync};
+use crate::service::{AuditSink, KeyService, ServiceSettings, SessionService, sync};
 use crate::store::{self, Backend, Store};
+use crate::token::Verifier;
+use crate::token::cache::VerifiedCache;
+use crate::token::revocation::Revocations;
 
 /// The use cases wired to their dependencies, without any server.
 pub struct Services {
     pub backend: Backend,
     pub store: Arc<dyn Store>,
     pub keys: Arc<KeyService>,
+    pub sessions: Arc<SessionService>,
+    pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -45,17 +50,30 @@ impl Services {
             tenant_defaults: settings.tenant_defaults.clone(),
             public_url: settings.public_url(),
         };
+        let registry = Arc::new(Registry::default());
+        let cache = Arc::new(VerifiedCache::new(settings.verify_cache_entries));
         let keys = Arc::new(KeyService::new(
             Arc::clone(&store),
             master,
-            clock,
-            Arc::new(Registry::default()),
+            Arc::clone(&clock),
+            Arc::clone(&registry),
+            Arc::clone(&cache),
             Arc::clone(&metrics),
             service_settings,
         ));
         let tenants = keys.load_all().await.context("loading key sets (is KEYWARD_MASTER_KEYS the right key?)")?;
         tracing::info!(backend = store.backend(), tenants, "key sets loaded");
-        Ok(Services { backend, store, keys, metrics })
+        let revocations = Arc::new(Revocations::default());
+        let verifier = Arc::new(Verifier::new(
+            registry,
+            Arc::clone(&revocations),
+            Arc::clone(&metrics),
+            clock,
+            settings.leeway,
+            cache,
+        ));
+        let sessions = Arc::new(SessionService::new(Arc::clone(&keys), revocations, settings.refresh_reuse_grace));
+        Ok(Services { backend, store, keys, sessions, verifier, metrics })
     }
 }
 
@@ -83,6 +101,23 @@ impl Application {
             .ensure_tenant(&settings.default_tenant, &Actor::system("startup"))
             .await
             .context("creating the default tenant")?;
+        if let Some(current) = &settings.jwt_secret {
+            let changed = services
+                .keys
+                .seed_secrets(
+                    &settings.default_tenant,
+                    current,
+                    settings.jwt_secret_old.as_ref(),
+                    settings.jwt_secret_old_not_after,
+                )
+                .await
+                .context("installing JWT_SECRET / JWT_SECRET_OLD")?;
+            if changed {
+                tracing::info!(tenant = %settings.default_tenant, "HS256 secrets set from JWT_SECRET / JWT_SECRET_OLD");
+            }
+        } else if settings.jwt_secret_old.is_some() {
+            anyhow::bail!("JWT_SECRET_OLD is set without JWT_SECRET");
+        }
 
         let health = Arc::new(Health::default());
         health.set_database(health::DependencyState::Up, &services.metrics);
@@ -90,6 +125,8 @@ impl Application {
         let cache_control = format!("public, max-age={}", settings.jwks_max_age.as_secs());
         let state = AppState {
             keys: Arc::clone(&services.keys),
+            sessions: Arc::clone(&services.sessions),
+            verifier: Arc::clone(&services.verifier),
             metrics: Arc::clone(&services.metrics),
             health: Arc::clone(&health),
             admin_secrets: Arc::new(admin_secrets),
@@ -121,6 +158,11 @@ impl Application {
                 settings.health_interval.as_std(),
             )),
             tokio::spawn(sync::reconcile_loop(Arc::clone(&services.keys), settings.reconcile_interval.as_std())),
+            tokio::spawn(sync::prune_loop(
+                Arc::clone(services.verifier.revocations()),
+                Arc::clone(&services.keys),
+                settings.reconcile_interval.as_std(),
+            )),
         ];
         health.set_loaded();
         Ok(Application { listener, addr, router, state, tasks, shutdown_grace: settings.shutdown_grace.as_std() })

@@ -102,6 +102,36 @@ pub async fn require_admin(State(state): State<AppState>, mut req: Request, next
     }
 }
 
+/// Middleware for issuing routes: an issuer secret or an admin secret.
+pub async fn require_issuer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let ip = client_ip(req.extensions());
+    let issuer = header(req.headers(), ISSUER_HEADER)
+        .and_then(|s| state.issuer_secrets.check(s))
+        .map(|fp| format!("issuer:{fp}"));
+    let admin = || {
+        header(req.headers(), ADMIN_HEADER).and_then(|s| state.admin_secrets.check(s)).map(|fp| format!("admin:{fp}"))
+    };
+    match issuer.or_else(admin) {
+        Some(name) => {
+            req.extensions_mut().insert(Actor { name, ip });
+            next.run(req).await
+        }
+        None => {
+            let actor = Actor { name: "anonymous".into(), ip };
+            let detail = serde_json::json!({ "method": req.method().as_str(), "path": req.uri().path() });
+            let tenant = tenant_in_path(req.uri().path());
+            let event =
+                AuditEvent::new(EventKind::AdminUnauthorized, tenant.as_ref(), &actor, state.keys.now()).detail(detail);
+            state.audit.submit(event);
+            ApiError::new(
+                super::error::ErrorCode::Unauthorized,
+                "a valid x-issuer-secret or x-admin-secret header is required",
+            )
+            .into_response()
+        }
+    }
+}
+
 /// The tenant a path is about (`/a/{tenant}/...`), if it names a valid tenant id.
 fn tenant_in_path(path: &str) -> Option<crate::domain::TenantId> {
     let rest = path.strip_prefix("/a/")?;

@@ -2,6 +2,7 @@
 //! wrapped in the cross-cutting layers here, and nowhere else.
 
 pub mod admin_keys;
+pub mod admin_secrets;
 pub mod admin_tenants;
 pub mod auth;
 pub mod error;
@@ -10,6 +11,8 @@ pub mod jwks;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod tokens;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,13 +31,16 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use crate::domain::TenantId;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::service::{AuditSink, KeyService};
+use crate::service::{AuditSink, KeyService, SessionService};
+use crate::token::Verifier;
 use auth::SecretSet;
 
 /// Everything a handler may use. Cheap to clone (pointers).
 #[derive(Clone)]
 pub struct AppState {
     pub keys: Arc<KeyService>,
+    pub sessions: Arc<SessionService>,
+    pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub admin_secrets: Arc<SecretSet>,
@@ -82,7 +88,12 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let admin = Router::new()
         .merge(admin_tenants::router())
         .merge(admin_keys::router())
+        .merge(admin_secrets::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin))
+        .layer(admin_cors(&settings.allowed_origins));
+    let issuing = tokens::issuer_router()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_issuer))
+        .merge(tokens::public_router())
         .layer(admin_cors(&settings.allowed_origins));
     let public = jwks::router().layer(public_cors());
     let ops = ops::router().route("/openapi.json", get(openapi::document));
@@ -91,6 +102,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let mut app = Router::new()
         .merge(public)
         .merge(admin)
+        .merge(issuing)
+        .merge(verify::router())
         .merge(ops)
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed);

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin_keys, admin_tenants, error, jwks, ops};
+use super::{admin_keys, admin_secrets, admin_tenants, error, jwks, ops, tokens, verify};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,13 +15,16 @@ use super::{admin_keys, admin_tenants, error, jwks, ops};
         jwks::default_jwks, jwks::jwks, jwks::default_discovery, jwks::discovery,
         admin_tenants::create, admin_tenants::list, admin_tenants::read, admin_tenants::update,
         admin_keys::list, admin_keys::read, admin_keys::stage, admin_keys::activate, admin_keys::rotate,
-        admin_keys::revoke,
+        admin_keys::revoke, admin_secrets::rotate,
+        tokens::create_session, tokens::token, verify::verify, verify::introspect,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&Security),
     tags(
         (name = "relying parties", description = "Public: JWKS and discovery"),
+        (name = "verification", description = "Public: verify and introspect tokens"),
+        (name = "issuing", description = "Sessions (x-issuer-secret or x-admin-secret) and the refresh grant"),
         (name = "admin", description = "Requires x-admin-secret"),
         (name = "operations", description = "Health, readiness, metrics"),
     )

@@ -15,6 +15,7 @@ use crate::domain::{Actor, AuditEvent, EventKind, Key, KeyRef, KeyState, Period,
 use crate::keyset::{Registry, TenantKeys, key_owner};
 use crate::metrics::Metrics;
 use crate::store::{LoadedTenant, NewKey, Store, StoreError, StoredKey};
+use crate::token::cache::VerifiedCache;
 
 /// How often a plan computed from data that changed underneath is recomputed before the
 /// caller gets a 409.
@@ -32,9 +33,11 @@ pub struct ServiceSettings {
 
 pub struct KeyService {
     pub(super) store: Arc<dyn Store>,
-    master: Arc<MasterKeys>,
+    pub(super) master: Arc<MasterKeys>,
     pub(super) clock: Arc<dyn Clock>,
     registry: Arc<Registry>,
+    /// Emptied of a key's tokens when the key is revoked.
+    cache: Arc<VerifiedCache>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) settings: ServiceSettings,
 }
@@ -53,10 +56,11 @@ impl KeyService {
         master: Arc<MasterKeys>,
         clock: Arc<dyn Clock>,
         registry: Arc<Registry>,
+        cache: Arc<VerifiedCache>,
         metrics: Arc<Metrics>,
         settings: ServiceSettings,
     ) -> KeyService {
-        KeyService { store, master, clock, registry, metrics, settings }
+        KeyService { store, master, clock, registry, cache, metrics, settings }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -92,8 +96,16 @@ impl KeyService {
     }
 
     pub(super) fn install(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {
-        let snapshot = TenantKeys::build(loaded.tenant, loaded.version, loaded.keys, &self.master)?;
+        let snapshot = TenantKeys::build(loaded, &self.master)?;
+        let tenant = snapshot.tenant.id.clone();
+        let revoked: Vec<String> = match self.registry.get(tenant.as_str()) {
+            Some(before) => snapshot.newly_revoked(&before).map(str::to_owned).collect(),
+            None => Vec::new(),
+        };
         self.registry.install(snapshot);
+        for kid in revoked {
+            self.cache.forget_kid(tenant.as_str(), &kid);
+        }
         Ok(())
     }
 

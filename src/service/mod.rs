@@ -5,6 +5,8 @@
 mod audit_sink;
 mod error;
 mod keys;
+mod secrets;
+mod sessions;
 pub mod sync;
 mod tenants;
 mod views;
@@ -12,5 +14,9 @@ mod views;
 pub use audit_sink::AuditSink;
 pub use error::ServiceError;
 pub use keys::{KeyChange, KeyService, ServiceSettings};
+pub use secrets::{MIN_SECRET_BYTES, RotatedSecret};
+pub use sessions::{
+    GrantError, IssuedTokens, REFRESH_PREFIX, RefreshError, SessionRequest, SessionService, hash_refresh_token,
+};
 pub use tenants::NewTenant;
 pub use views::KeyView;

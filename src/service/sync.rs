@@ -50,3 +50,20 @@ pub async fn reconcile_loop(keys: Arc<KeyService>, interval: Duration) {
         }
     }
 }
+
+/// Forgets revocations that can no longer match a live token, every `interval`.
+pub async fn prune_loop(
+    revocations: Arc<crate::token::revocation::Revocations>,
+    keys: Arc<KeyService>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let removed = revocations.prune(keys.now());
+        if removed > 0 {
+            tracing::debug!(removed, "forgot expired revocations");
+        }
+    }
+}

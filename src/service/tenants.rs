@@ -30,7 +30,8 @@ impl KeyService {
             Some(alg) => Some(self.new_key(&tenant.id, alg).await?),
             None => None,
         };
-        let mut loaded = crate::store::LoadedTenant { tenant: tenant.clone(), version: 1, keys: Vec::new() };
+        let mut loaded =
+            crate::store::LoadedTenant { tenant: tenant.clone(), version: 1, keys: Vec::new(), secrets: Vec::new() };
         let changes = resolve(&plan, fresh.as_ref());
         let mut events = vec![
             AuditEvent::new(EventKind::TenantCreated, Some(&tenant.id), actor, now)

@@ -8,9 +8,15 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 type Source = (i64, &'static str, &'static str);
 
-const POSTGRES: &[Source] = &[(1, "keys", include_str!("../../migrations/postgres/0001_keys.sql"))];
+const POSTGRES: &[Source] = &[
+    (1, "keys", include_str!("../../migrations/postgres/0001_keys.sql")),
+    (2, "tokens", include_str!("../../migrations/postgres/0002_tokens.sql")),
+];
 
-const SQLITE: &[Source] = &[(1, "keys", include_str!("../../migrations/sqlite/0001_keys.sql"))];
+const SQLITE: &[Source] = &[
+    (1, "keys", include_str!("../../migrations/sqlite/0001_keys.sql")),
+    (2, "tokens", include_str!("../../migrations/sqlite/0002_tokens.sql")),
+];
 
 fn migrator(sources: &[Source]) -> Migrator {
     Migrator::with_migrations(

@@ -10,13 +10,14 @@ mod error;
 mod migrations;
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::crypto::{PublicJwk, Sealed};
-use crate::domain::{AuditEvent, Key, Plan, Tenant, TenantId};
+use crate::domain::{Actor, AuditEvent, Key, Plan, Tenant, TenantId};
 
 pub use error::StoreError;
 pub use postgres::PgStore;
@@ -37,13 +38,114 @@ pub struct NewKey {
     pub sealed: Sealed,
 }
 
-/// A tenant with its keys, read in one consistent snapshot of the database.
+/// The role of an HS256 shared secret. At most one current and one previous per tenant
+/// (database constraints); rotation moves current to previous and previous to retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretState {
+    Current,
+    Previous,
+    Retired,
+}
+
+impl SecretState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretState::Current => "current",
+            SecretState::Previous => "previous",
+            SecretState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SecretState> {
+        [SecretState::Current, SecretState::Previous, SecretState::Retired].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// An HS256 secret as stored (sealed like private keys).
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    pub kid: String,
+    pub state: SecretState,
+    pub sealed: Sealed,
+    pub created_at: OffsetDateTime,
+    /// When a previous secret stops verifying; `None` for current, or "until removed".
+    pub not_after: Option<OffsetDateTime>,
+}
+
+/// A tenant with its keys and secrets, read in one consistent snapshot of the database.
 #[derive(Debug, Clone)]
 pub struct LoadedTenant {
     pub tenant: Tenant,
-    /// The change counter matching exactly this tenant and these keys.
+    /// The change counter matching exactly this tenant, these keys and secrets.
     pub version: i64,
     pub keys: Vec<StoredKey>,
+    /// Current and previous HS256 secrets (retired ones are not loaded).
+    pub secrets: Vec<StoredSecret>,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    pub user_id: String,
+    pub client_id: Option<String>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    /// Custom claims (a JSON object) of every access token of the session.
+    pub claims: serde_json::Value,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A refresh token to store: its hash only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRefresh {
+    pub hash: [u8; 32],
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// An access token to record in the ledger of what each key signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedAccess {
+    pub jti: String,
+    pub kid: String,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshOutcome {
+    /// Exchanged: the new refresh token and access token were stored.
+    Rotated(SessionRecord),
+    /// Presented again after use, outside the grace: the session is now revoked.
+    Reused(SessionRecord),
+    /// Unknown token, or its session expired or revoked: nothing changed.
+    Rejected(RefreshRejection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRejection {
+    Unknown,
+    Expired,
+    SessionRevoked,
+}
+
+/// A new HS256 secret to store.
+#[derive(Debug, Clone)]
+pub struct NewSecret {
+    pub kid: String,
+    pub sealed: Sealed,
+}
+
+/// The secrets after a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRotation {
+    pub current_kid: String,
+    pub previous_kid: Option<String>,
 }
 
 /// A tenant's change counter, for reconciliation.
@@ -103,6 +205,55 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         plan: &Plan,
         fresh: Option<&NewKey>,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Stores a new session with its first refresh token, records its first access token
+    /// (advancing the key's `last_token_exp`), and writes the events.
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        refresh: &NewRefresh,
+        access: &IssuedAccess,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Exchanges the refresh token whose hash is `presented` at `now`: if it is unused (or
+    /// was used less than `grace` ago) and its session is live, stores `refresh` and records
+    /// `access` in the same transaction, extending the session. A token used longer than
+    /// `grace` ago is reuse: the session is revoked and `token.reuse_detected` and
+    /// `session.revoked` are written by `actor`.
+    #[allow(clippy::too_many_arguments)]
+    async fn refresh_session(
+        &self,
+        tenant: &TenantId,
+        presented: &[u8; 32],
+        now: OffsetDateTime,
+        grace: time::Duration,
+        refresh: &NewRefresh,
+        access: &IssuedAccess,
+        actor: &Actor,
+    ) -> Result<RefreshOutcome, StoreError>;
+
+    /// The current secret becomes previous (verifying until `previous_not_after`), the
+    /// previous one retires, and `new` becomes current.
+    async fn rotate_secret(
+        &self,
+        tenant: &TenantId,
+        new: &NewSecret,
+        previous_not_after: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<SecretRotation, StoreError>;
+
+    /// Retires every current and previous secret and installs `current` and `previous`
+    /// (seeding from JWT_SECRET / JWT_SECRET_OLD).
+    async fn replace_secrets(
+        &self,
+        tenant: &TenantId,
+        current: &NewSecret,
+        previous: Option<(&NewSecret, Option<OffsetDateTime>)>,
         now: OffsetDateTime,
         events: &[AuditEvent],
     ) -> Result<(), StoreError>;

@@ -11,9 +11,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 
-use super::rows::{self, Columns, KEY_COLUMNS, TENANT_COLUMNS};
-use super::{LoadedTenant, NewKey, Store, StoreError, StoredKey, TenantVersion};
-use crate::domain::{AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
+use super::rows::{self, Columns, KEY_COLUMNS, SECRET_COLUMNS, SESSION_COLUMNS, TENANT_COLUMNS};
+use super::{
+    IssuedAccess, LoadedTenant, NewKey, NewRefresh, NewSecret, RefreshOutcome, RefreshRejection, SecretRotation,
+    SecretState, SessionRecord, Store, StoreError, StoredKey, TenantVersion, sql,
+};
+use crate::domain::{Actor, AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
 
 pub struct PgStore {
     pool: PgPool,
@@ -57,21 +60,18 @@ impl Columns for PgRow {
 
 async fn insert_events(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<(), StoreError> {
     for e in events {
-        sqlx::query(
-            "INSERT INTO audit_events (at, tenant_id, actor, type, kid, session_id, user_id, ip, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(e.at)
-        .bind(e.tenant.as_ref().map(TenantId::as_str))
-        .bind(&e.actor)
-        .bind(e.kind.as_str())
-        .bind(e.kid.as_deref())
-        .bind(e.session_id.as_deref())
-        .bind(e.user_id.as_deref())
-        .bind(e.ip.as_deref())
-        .bind((!e.detail.is_null()).then(|| e.detail.to_string()))
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(sql::INSERT_EVENT)
+            .bind(e.at)
+            .bind(e.tenant.as_ref().map(TenantId::as_str))
+            .bind(&e.actor)
+            .bind(e.kind.as_str())
+            .bind(e.kid.as_deref())
+            .bind(e.session_id.as_deref())
+            .bind(e.user_id.as_deref())
+            .bind(e.ip.as_deref())
+            .bind((!e.detail.is_null()).then(|| e.detail.to_string()))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -85,20 +85,17 @@ async fn apply_plan_in(
 ) -> Result<(), StoreError> {
     let fresh_kid = match (plan.fresh, fresh) {
         (Some(alg), Some(key)) => {
-            sqlx::query(
-                "INSERT INTO keys (tenant_id, kid, alg, state, public_jwk, kek_id, wrapped_dek, private_key, created_at) \
-                 VALUES ($1, $2, $3, 'staged', $4, $5, $6, $7, $8)",
-            )
-            .bind(tenant.as_str())
-            .bind(&key.public.kid)
-            .bind(alg.as_str())
-            .bind(rows::jwk_json(&key.public))
-            .bind(&key.sealed.kek_id)
-            .bind(&key.sealed.wrapped_dek)
-            .bind(&key.sealed.ciphertext)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(sql::INSERT_FRESH_KEY)
+                .bind(tenant.as_str())
+                .bind(&key.public.kid)
+                .bind(alg.as_str())
+                .bind(rows::jwk_json(&key.public))
+                .bind(&key.sealed.kek_id)
+                .bind(&key.sealed.wrapped_dek)
+                .bind(&key.sealed.ciphertext)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
             Some(key.public.kid.as_str())
         }
         (None, _) => None,
@@ -126,6 +123,63 @@ async fn apply_plan_in(
     }
     sqlx::query("UPDATE tenants SET version = version + 1 WHERE id = $1")
         .bind(tenant.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_refresh(conn: &mut PgConnection, session_id: &str, refresh: &NewRefresh) -> Result<(), StoreError> {
+    sqlx::query(sql::INSERT_REFRESH)
+        .bind(refresh.hash.as_slice())
+        .bind(session_id)
+        .bind(refresh.issued_at)
+        .bind(refresh.expires_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn record_access(
+    conn: &mut PgConnection,
+    session: &SessionRecord,
+    access: &IssuedAccess,
+) -> Result<(), StoreError> {
+    sqlx::query(sql::INSERT_ACCESS)
+        .bind(&access.jti)
+        .bind(session.tenant.as_str())
+        .bind(&access.kid)
+        .bind(&session.id)
+        .bind(&session.user_id)
+        .bind(access.issued_at)
+        .bind(access.expires_at)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(sql::ADVANCE_LAST_TOKEN_EXP)
+        .bind(session.tenant.as_str())
+        .bind(&access.kid)
+        .bind(access.expires_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_secret(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    secret: &NewSecret,
+    state: SecretState,
+    not_after: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(sql::INSERT_SECRET)
+        .bind(tenant.as_str())
+        .bind(&secret.kid)
+        .bind(state.as_str())
+        .bind(&secret.sealed.kek_id)
+        .bind(&secret.sealed.wrapped_dek)
+        .bind(&secret.sealed.ciphertext)
+        .bind(now)
+        .bind(not_after)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -251,11 +305,17 @@ impl Store for PgStore {
         };
         let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE tenant_id = $1 ORDER BY created_at, kid");
         let keys = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str()).fetch_all(&mut *tx).await?;
+        let sql = format!(
+            "SELECT {SECRET_COLUMNS} FROM hmac_secrets WHERE tenant_id = $1 AND state IN ('current', 'previous') \
+             ORDER BY created_at"
+        );
+        let secrets = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_str()).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(LoadedTenant {
             tenant: rows::tenant(&row)?,
             version: row.int("version")?,
             keys: keys.iter().map(rows::stored_key).collect::<Result<_, _>>()?,
+            secrets: secrets.iter().map(rows::stored_secret).collect::<Result<_, _>>()?,
         }))
     }
 
@@ -275,6 +335,128 @@ impl Store for PgStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         apply_plan_in(&mut tx, tenant, plan, fresh, now).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        session: &SessionRecord,
+        refresh: &NewRefresh,
+        access: &IssuedAccess,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::INSERT_SESSION)
+            .bind(&session.id)
+            .bind(session.tenant.as_str())
+            .bind(&session.user_id)
+            .bind(session.client_id.as_deref())
+            .bind(session.scope.as_deref())
+            .bind(session.audience.as_deref())
+            .bind(session.claims.to_string())
+            .bind(session.created_at)
+            .bind(session.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_refresh(&mut tx, &session.id, refresh).await?;
+        record_access(&mut tx, session, access).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn refresh_session(
+        &self,
+        tenant: &TenantId,
+        presented: &[u8; 32],
+        now: OffsetDateTime,
+        grace: time::Duration,
+        refresh: &NewRefresh,
+        access: &IssuedAccess,
+        actor: &Actor,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let found = sqlx::query(
+            "SELECT r.session_id, r.expires_at, r.used_at FROM refresh_tokens r \
+             JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1 AND s.tenant_id = $2 FOR UPDATE OF r, s",
+        )
+        .bind(presented.as_slice())
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(found) = found else {
+            return Ok(RefreshOutcome::Rejected(RefreshRejection::Unknown));
+        };
+        let token_expires = found.ts("expires_at")?;
+        let used_at = found.ts_opt("used_at")?;
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(found.text("session_id")?).fetch_one(&mut *tx).await?;
+        let mut session = rows::session(&row)?;
+        if session.revoked_at.is_some() {
+            return Ok(RefreshOutcome::Rejected(RefreshRejection::SessionRevoked));
+        }
+        if used_at.is_some_and(|used| now - used > grace) {
+            sqlx::query(sql::REVOKE_SESSION_FOR_REUSE).bind(&session.id).bind(now).execute(&mut *tx).await?;
+            session.revoked_at = Some(now);
+            insert_events(&mut tx, &rows::reuse_events(&session, actor, now)).await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused(session));
+        }
+        if token_expires <= now || session.expires_at <= now {
+            return Ok(RefreshOutcome::Rejected(RefreshRejection::Expired));
+        }
+        sqlx::query(sql::MARK_REFRESH_USED).bind(presented.as_slice()).bind(now).execute(&mut *tx).await?;
+        insert_refresh(&mut tx, &session.id, refresh).await?;
+        record_access(&mut tx, &session, access).await?;
+        sqlx::query(sql::EXTEND_SESSION).bind(&session.id).bind(refresh.expires_at).execute(&mut *tx).await?;
+        session.expires_at = session.expires_at.max(refresh.expires_at);
+        insert_events(&mut tx, &[rows::refreshed_event(&session, actor, access)]).await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated(session))
+    }
+
+    async fn rotate_secret(
+        &self,
+        tenant: &TenantId,
+        new: &NewSecret,
+        previous_not_after: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<SecretRotation, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::RETIRE_PREVIOUS_SECRET).bind(tenant.as_str()).execute(&mut *tx).await?;
+        let previous_kid: Option<String> = sqlx::query_scalar(
+            "UPDATE hmac_secrets SET state = 'previous', not_after = $2 \
+             WHERE tenant_id = $1 AND state = 'current' RETURNING kid",
+        )
+        .bind(tenant.as_str())
+        .bind(previous_not_after)
+        .fetch_optional(&mut *tx)
+        .await?;
+        insert_secret(&mut tx, tenant, new, SecretState::Current, None, now).await?;
+        sqlx::query(sql::BUMP_VERSION).bind(tenant.as_str()).execute(&mut *tx).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(SecretRotation { current_kid: new.kid.clone(), previous_kid })
+    }
+
+    async fn replace_secrets(
+        &self,
+        tenant: &TenantId,
+        current: &NewSecret,
+        previous: Option<(&NewSecret, Option<OffsetDateTime>)>,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::RETIRE_ALL_SECRETS).bind(tenant.as_str()).execute(&mut *tx).await?;
+        insert_secret(&mut tx, tenant, current, SecretState::Current, None, now).await?;
+        if let Some((previous, not_after)) = previous {
+            insert_secret(&mut tx, tenant, previous, SecretState::Previous, not_after, now).await?;
+        }
+        sqlx::query(sql::BUMP_VERSION).bind(tenant.as_str()).execute(&mut *tx).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())

@@ -4,9 +4,9 @@
 
 use time::OffsetDateTime;
 
-use super::{StoreError, StoredKey, TenantVersion};
+use super::{IssuedAccess, SecretState, SessionRecord, StoreError, StoredKey, StoredSecret, TenantVersion};
 use crate::crypto::{PublicJwk, Sealed};
-use crate::domain::{Key, KeyState, Period, Policy, SigningAlg, Tenant, TenantId};
+use crate::domain::{Actor, AuditEvent, EventKind, Key, KeyState, Period, Policy, SigningAlg, Tenant, TenantId};
 
 /// Typed column access over a backend's row.
 pub(super) trait Columns {
@@ -116,4 +116,61 @@ pub(super) fn jwk_json(jwk: &PublicJwk) -> String {
 
 pub(super) fn period_i64(p: Period) -> i64 {
     i64::try_from(p.as_secs()).unwrap_or(i64::MAX)
+}
+
+pub(super) const SESSION_COLUMNS: &str =
+    "id, tenant_id, user_id, client_id, scope, audience, claims, created_at, expires_at, revoked_at";
+
+pub(super) fn session(row: &impl Columns) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
+        id: row.text("id")?,
+        tenant: tenant_id(&row.text("tenant_id")?)?,
+        user_id: row.text("user_id")?,
+        client_id: row.text_opt("client_id")?,
+        scope: row.text_opt("scope")?,
+        audience: row.text_opt("audience")?,
+        claims: serde_json::from_str(&row.text("claims")?).map_err(|_| corrupt("session claims"))?,
+        created_at: row.ts("created_at")?,
+        expires_at: row.ts("expires_at")?,
+        revoked_at: row.ts_opt("revoked_at")?,
+    })
+}
+
+pub(super) const SECRET_COLUMNS: &str = "kid, state, kek_id, wrapped_dek, secret, created_at, not_after";
+
+pub(super) fn stored_secret(row: &impl Columns) -> Result<StoredSecret, StoreError> {
+    Ok(StoredSecret {
+        kid: row.text("kid")?,
+        state: SecretState::parse(&row.text("state")?).ok_or_else(|| corrupt("secret state"))?,
+        sealed: Sealed {
+            kek_id: row.text("kek_id")?,
+            wrapped_dek: row.bytes("wrapped_dek")?,
+            ciphertext: row.bytes("secret")?,
+        },
+        created_at: row.ts("created_at")?,
+        not_after: row.ts_opt("not_after")?,
+    })
+}
+
+/// The audit events of a detected refresh token reuse.
+pub(super) fn reuse_events(session: &SessionRecord, actor: &Actor, now: OffsetDateTime) -> Vec<AuditEvent> {
+    let event = |kind| {
+        let mut e = AuditEvent::new(kind, Some(&session.tenant), actor, now);
+        e.session_id = Some(session.id.clone());
+        e.user_id = Some(session.user_id.clone());
+        e
+    };
+    vec![
+        event(EventKind::TokenReuseDetected).detail(serde_json::json!({ "client_id": session.client_id })),
+        event(EventKind::SessionRevoked).detail(serde_json::json!({ "reason": "refresh_token_reuse" })),
+    ]
+}
+
+pub(super) fn refreshed_event(session: &SessionRecord, actor: &Actor, access: &IssuedAccess) -> AuditEvent {
+    let mut e = AuditEvent::new(EventKind::TokenRefreshed, Some(&session.tenant), actor, access.issued_at)
+        .kid(access.kid.clone())
+        .detail(serde_json::json!({ "jti": access.jti }));
+    e.session_id = Some(session.id.clone());
+    e.user_id = Some(session.user_id.clone());
+    e
 }

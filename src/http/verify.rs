@@ -1,0 +1,167 @@
+//! `/verify` and `/introspect`: services asking whether a token is good. Public and read
+//! from memory only.
+
+use std::borrow::Cow;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::extract::tenant_id;
+use crate::token::{Reason, VerifyError};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/a/{tenant}/verify", post(verify)).route("/a/{tenant}/introspect", post(introspect))
+}
+
+/// `POST /verify` body. Both fields optional; the token may come as a Bearer header.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct VerifyRequest<'a> {
+    #[serde(borrow, default)]
+    #[schema(value_type = Option<String>)]
+    token: Option<Cow<'a, str>>,
+    /// Require this `aud` instead of any of the tenant's audiences.
+    #[serde(borrow, default)]
+    #[schema(value_type = Option<String>)]
+    audience: Option<Cow<'a, str>>,
+}
+
+/// 200: `active` with the key that verified the token and its claims.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Verified {
+    active: bool,
+    kid: String,
+    #[schema(example = "ES256")]
+    alg: String,
+    #[schema(value_type = Object)]
+    claims: serde_json::Value,
+}
+
+/// 401: `{"active": false, "error": <reason>}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Rejected {
+    active: bool,
+    #[schema(example = "expired")]
+    error: &'static str,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_none_or(|ct| {
+        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    })
+}
+
+fn rejected(reason: Reason) -> Response {
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.as_str());
+    let mut response =
+        (StatusCode::UNAUTHORIZED, Json(Rejected { active: false, error: reason.as_str() })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+/// Verify a token: signature, key state, expiry, issuer, audience and revocation.
+#[utoipa::path(post, path = "/a/{tenant}/verify", tag = "verification", params(("tenant" = String, Path)),
+    request_body(content = Option<VerifyRequest>, description = "or send the token as `Authorization: Bearer`"),
+    responses((status = 200, body = Verified), (status = 400, body = ErrorBody),
+        (status = 401, body = Rejected, description = "reason in `error`; WWW-Authenticate: Bearer error=\"invalid_token\""),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub(crate) async fn verify(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        VerifyRequest { token: None, audience: None }
+    } else if !is_json(&headers) {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as application/json"));
+    } else {
+        serde_json::from_slice::<VerifyRequest<'_>>(&body)
+            .map_err(|_| ApiError::invalid("the body must be a JSON object whose `token` and `audience` are strings"))?
+    };
+    let token = request.token.as_deref().or_else(|| bearer(&headers));
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Ok(rejected(Reason::Malformed));
+    };
+    match state.verifier.verify(tenant.as_str(), token, request.audience.as_deref()) {
+        Ok(checked) => {
+            // The payload is the JSON object that was signed; it is embedded as is.
+            let mut out = Vec::with_capacity(checked.payload.len() + 128);
+            out.extend_from_slice(b"{\"active\":true,\"kid\":");
+            out.extend_from_slice(serde_json::to_string(&checked.kid).unwrap_or_default().as_bytes());
+            out.extend_from_slice(b",\"alg\":\"");
+            out.extend_from_slice(checked.alg.as_bytes());
+            out.extend_from_slice(b"\",\"claims\":");
+            out.extend_from_slice(&checked.payload);
+            out.push(b'}');
+            Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], out).into_response())
+        }
+        Err(VerifyError::UnknownTenant) => Err(ApiError::not_found("tenant")),
+        Err(VerifyError::Rejected(reason)) => Ok(rejected(reason)),
+    }
+}
+
+/// RFC 7662 request: `token=...` (form); `token_type_hint` is accepted and ignored.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct IntrospectRequest {
+    token: Option<String>,
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+}
+
+/// RFC 7662 introspection: always 200, `{"active": false}` for any token that does not
+/// verify, else the claims with `active`, `kid` and `token_type`.
+#[utoipa::path(post, path = "/a/{tenant}/introspect", tag = "verification", params(("tenant" = String, Path)),
+    request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "RFC 7662 response", content_type = "application/json"),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub(crate) async fn introspect(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    form: Result<Form<IntrospectRequest>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    let Form(request) = form.map_err(|e| match e {
+        axum::extract::rejection::FormRejection::InvalidFormContentType(_) => {
+            ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as application/x-www-form-urlencoded")
+        }
+        e if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
+        }
+        _ => ApiError::invalid("the body must be a form with a `token` field"),
+    })?;
+    let inactive = || Json(serde_json::json!({ "active": false })).into_response();
+    let Some(token) = request.token.filter(|t| !t.is_empty()) else {
+        return Ok(inactive());
+    };
+    match state.verifier.verify(tenant.as_str(), &token, None) {
+        Ok(checked) => {
+            let mut body = match serde_json::from_slice::<serde_json::Value>(&checked.payload) {
+                Ok(serde_json::Value::Object(claims)) => claims,
+                _ => return Ok(inactive()),
+            };
+            body.insert("active".into(), true.into());
+            body.insert("kid".into(), checked.kid.clone().into());
+            body.insert("token_type".into(), "access_token".into());
+            Ok(Json(body).into_response())
+        }
+        Err(VerifyError::UnknownTenant) => Err(ApiError::not_found("tenant")),
+        Err(VerifyError::Rejected(_)) => Ok(inactive()),
+    }
+}

@@ -1,0 +1,43 @@
+//! SQL text shared by both backends (both accept `$n` placeholders). Statements that differ
+//! between PostgreSQL and SQLite stay in their backend module.
+
+pub(super) const INSERT_EVENT: &str = "INSERT INTO audit_events \
+    (at, tenant_id, actor, type, kid, session_id, user_id, ip, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+pub(super) const INSERT_FRESH_KEY: &str = "INSERT INTO keys \
+    (tenant_id, kid, alg, state, public_jwk, kek_id, wrapped_dek, private_key, created_at) \
+    VALUES ($1, $2, $3, 'staged', $4, $5, $6, $7, $8)";
+
+pub(super) const BUMP_VERSION: &str = "UPDATE tenants SET version = version + 1 WHERE id = $1";
+
+pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions \
+    (id, tenant_id, user_id, client_id, scope, audience, claims, created_at, expires_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+pub(super) const INSERT_REFRESH: &str =
+    "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)";
+
+pub(super) const INSERT_ACCESS: &str = "INSERT INTO access_tokens \
+    (jti, tenant_id, kid, session_id, user_id, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// `$1` tenant, `$2` kid, `$3` the exp of a token just signed.
+pub(super) const ADVANCE_LAST_TOKEN_EXP: &str = "UPDATE keys SET last_token_exp = $3 \
+    WHERE tenant_id = $1 AND kid = $2 AND (last_token_exp IS NULL OR last_token_exp < $3)";
+
+pub(super) const MARK_REFRESH_USED: &str =
+    "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL";
+
+/// `$1` session, `$2` new expiry.
+pub(super) const EXTEND_SESSION: &str = "UPDATE sessions SET expires_at = $2 WHERE id = $1 AND expires_at < $2";
+
+pub(super) const REVOKE_SESSION_FOR_REUSE: &str =
+    "UPDATE sessions SET revoked_at = $2, revoke_reason = 'refresh_token_reuse' WHERE id = $1 AND revoked_at IS NULL";
+
+pub(super) const RETIRE_PREVIOUS_SECRET: &str =
+    "UPDATE hmac_secrets SET state = 'retired' WHERE tenant_id = $1 AND state = 'previous'";
+
+pub(super) const RETIRE_ALL_SECRETS: &str =
+    "UPDATE hmac_secrets SET state = 'retired' WHERE tenant_id = $1 AND state IN ('current', 'previous')";
+
+pub(super) const INSERT_SECRET: &str = "INSERT INTO hmac_secrets \
+    (tenant_id, kid, state, kek_id, wrapped_dek, secret, created_at, not_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
