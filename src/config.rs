@@ -21,6 +21,7 @@ const ENV: &[(&str, &str)] = &[
     ("KEYWARD_LISTEN", "listen"),
     ("DATABASE_URL", "database_url"),
     ("REDIS_URL", "redis_url"),
+    ("KEYWARD_REDIS_PREFIX", "redis_prefix"),
     ("KEYWARD_ADMIN_SECRETS", "admin_secrets"),
     ("KEYWARD_ISSUER_SECRETS", "issuer_secrets"),
     ("KEYWARD_MASTER_KEYS", "master_keys"),
@@ -85,6 +86,7 @@ pub struct Settings {
     pub database_url: Secret,
     #[serde(default)]
     pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
     #[serde(deserialize_with = "comma_list")]
     pub admin_secrets: Vec<Secret>,
     #[serde(deserialize_with = "comma_list")]
@@ -177,6 +179,12 @@ impl Settings {
             if value == Period::ZERO {
                 return bad(key, "must be longer than zero".into());
             }
+        }
+        let prefix_ok = !self.redis_prefix.is_empty()
+            && self.redis_prefix.len() <= 64
+            && self.redis_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b));
+        if !prefix_ok {
+            return bad("redis_prefix", "must be 1-64 characters of A-Z, a-z, 0-9, '-', '_', ':' or '.'".into());
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes", "must be at least 1024".into());

@@ -112,3 +112,28 @@ pub async fn probe_database(health: Arc<Health>, store: Arc<dyn Store>, metrics:
         health.set_database(state, &metrics);
     }
 }
+
+/// Probes the fan-out's shared service (Redis) every `interval`; `disabled` when there is
+/// none.
+pub async fn probe_fanout(
+    health: Arc<Health>,
+    fanout: Arc<dyn crate::fanout::Fanout>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) {
+    if !fanout.is_shared() {
+        health.set_redis(DependencyState::Disabled, &metrics);
+        return;
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let up = matches!(tokio::time::timeout(interval, fanout.ping()).await, Ok(Ok(())));
+        let state = if up { DependencyState::Up } else { DependencyState::Down };
+        if state != health.redis() {
+            tracing::warn!(redis = state.as_str(), "redis state changed");
+        }
+        health.set_redis(state, &metrics);
+    }
+}

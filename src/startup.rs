@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::HeaderValue;
@@ -15,11 +16,12 @@ use crate::bootstrap;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::domain::Actor;
+use crate::fanout::{self, Fanout};
 use crate::health::{self, Health};
 use crate::http::{self, AppState, HttpSettings};
 use crate::keyset::Registry;
 use crate::metrics::Metrics;
-use crate::service::{AuditSink, KeyService, ServiceSettings, SessionService, sync};
+use crate::service::{AuditSink, KeyService, Notifier, Replicator, ServiceSettings, SessionService, prune_loop};
 use crate::store::{self, Backend, Store};
 use crate::token::Verifier;
 use crate::token::cache::VerifiedCache;
@@ -32,6 +34,8 @@ pub struct Services {
     pub keys: Arc<KeyService>,
     pub sessions: Arc<SessionService>,
     pub verifier: Arc<Verifier>,
+    pub replicator: Arc<Replicator>,
+    pub fanout: Arc<dyn Fanout>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -39,6 +43,18 @@ impl Services {
     /// Connects, migrates, and loads every tenant's key set (which proves the master keys
     /// decrypt what is stored).
     pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Services> {
+        let fanout = fanout::from_settings(settings.redis_url.as_ref().map(|u| u.expose()), &settings.redis_prefix)
+            .context("REDIS_URL")?;
+        Self::build_with_fanout(settings, clock, fanout).await
+    }
+
+    /// As [`Services::build`], with a given fan-out (tests share one in-process fan-out
+    /// between several replicas).
+    pub async fn build_with_fanout(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        fanout: Arc<dyn Fanout>,
+    ) -> anyhow::Result<Services> {
         let url = settings.database_url.expose();
         let backend = Backend::from_url(url)?;
         let store = store::connect(url).await.context("connecting to the database (DATABASE_URL)")?;
@@ -52,12 +68,14 @@ impl Services {
         };
         let registry = Arc::new(Registry::default());
         let cache = Arc::new(VerifiedCache::new(settings.verify_cache_entries));
+        let notifier = Arc::new(Notifier::new(Arc::clone(&fanout), replica_id()?, Arc::clone(&metrics)));
         let keys = Arc::new(KeyService::new(
             Arc::clone(&store),
             master,
             Arc::clone(&clock),
             Arc::clone(&registry),
             Arc::clone(&cache),
+            notifier,
             Arc::clone(&metrics),
             service_settings,
         ));
@@ -72,8 +90,13 @@ impl Services {
             settings.leeway,
             cache,
         ));
-        let sessions = Arc::new(SessionService::new(Arc::clone(&keys), revocations, settings.refresh_reuse_grace));
-        Ok(Services { backend, store, keys, sessions, verifier, metrics })
+        let sessions =
+            Arc::new(SessionService::new(Arc::clone(&keys), Arc::clone(&revocations), settings.refresh_reuse_grace));
+        let replicator = Arc::new(Replicator::new(Arc::clone(&keys), revocations));
+        // Loads every live revocation before serving: a restarted replica rejects revoked
+        // sessions from its first request.
+        replicator.reconcile().await.context("loading revocations")?;
+        Ok(Services { backend, store, keys, sessions, verifier, replicator, fanout, metrics })
     }
 }
 
@@ -93,6 +116,20 @@ impl Application {
 
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
         let services = Services::build(&settings, clock).await?;
+        Self::from_services(settings, services).await
+    }
+
+    /// Several replicas in one process (tests) can share one in-process fan-out.
+    pub async fn build_with_fanout(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        fanout: Arc<dyn Fanout>,
+    ) -> anyhow::Result<Application> {
+        let services = Services::build_with_fanout(&settings, clock, fanout).await?;
+        Self::from_services(settings, services).await
+    }
+
+    async fn from_services(settings: Settings, services: Services) -> anyhow::Result<Application> {
         let admin_secrets = bootstrap::admin_secrets(&settings, services.backend, services.store.as_ref()).await?;
         let issuer_secrets = http::auth::SecretSet::from_secrets(settings.issuer_secrets.iter().map(|s| s.expose()));
 
@@ -121,6 +158,14 @@ impl Application {
 
         let health = Arc::new(Health::default());
         health.set_database(health::DependencyState::Up, &services.metrics);
+        if services.fanout.is_shared() {
+            let up = matches!(tokio::time::timeout(Duration::from_secs(1), services.fanout.ping()).await, Ok(Ok(())));
+            let state = if up { health::DependencyState::Up } else { health::DependencyState::Down };
+            if !up {
+                tracing::warn!("redis is unreachable; serving degraded until it answers");
+            }
+            health.set_redis(state, &services.metrics);
+        }
         let (audit, audit_writer) = AuditSink::new(Arc::clone(&services.store), Arc::clone(&services.metrics));
         let cache_control = format!("public, max-age={}", settings.jwks_max_age.as_secs());
         let state = AppState {
@@ -157,8 +202,14 @@ impl Application {
                 Arc::clone(&services.metrics),
                 settings.health_interval.as_std(),
             )),
-            tokio::spawn(sync::reconcile_loop(Arc::clone(&services.keys), settings.reconcile_interval.as_std())),
-            tokio::spawn(sync::prune_loop(
+            tokio::spawn(Arc::clone(&services.replicator).run(settings.reconcile_interval.as_std())),
+            tokio::spawn(health::probe_fanout(
+                Arc::clone(&health),
+                Arc::clone(&services.fanout),
+                Arc::clone(&services.metrics),
+                settings.health_interval.as_std(),
+            )),
+            tokio::spawn(prune_loop(
                 Arc::clone(services.verifier.revocations()),
                 Arc::clone(&services.keys),
                 settings.reconcile_interval.as_std(),
@@ -212,6 +263,14 @@ impl Application {
         }
         result
     }
+}
+
+/// A random id for this process, so it can recognise its own notices.
+fn replica_id() -> anyhow::Result<String> {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut raw = [0u8; 8];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut raw).map_err(|_| anyhow::anyhow!("random generator failed"))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,7 +1,9 @@
 //! The HTTP API of API.md. Each resource module owns its `router()`; they are merged and
 //! wrapped in the cross-cutting layers here, and nowhere else.
 
+pub mod admin_audit;
 pub mod admin_keys;
+pub mod admin_revoke;
 pub mod admin_secrets;
 pub mod admin_tenants;
 pub mod auth;
@@ -89,6 +91,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(admin_tenants::router())
         .merge(admin_keys::router())
         .merge(admin_secrets::router())
+        .merge(admin_revoke::router())
+        .merge(admin_audit::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin))
         .layer(admin_cors(&settings.allowed_origins));
     let issuing = tokens::issuer_router()

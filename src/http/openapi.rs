@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin_keys, admin_secrets, admin_tenants, error, jwks, ops, tokens, verify};
+use super::{admin_audit, admin_keys, admin_revoke, admin_secrets, admin_tenants, error, jwks, ops, tokens, verify};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,8 @@ use super::{admin_keys, admin_secrets, admin_tenants, error, jwks, ops, tokens, 
         jwks::default_jwks, jwks::jwks, jwks::default_discovery, jwks::discovery,
         admin_tenants::create, admin_tenants::list, admin_tenants::read, admin_tenants::update,
         admin_keys::list, admin_keys::read, admin_keys::stage, admin_keys::activate, admin_keys::rotate,
-        admin_keys::revoke, admin_secrets::rotate,
+        admin_keys::revoke, admin_secrets::rotate, admin_revoke::revoke_sessions, admin_revoke::revoke_token,
+        admin_audit::export, admin_audit::key_tokens,
         tokens::create_session, tokens::token, verify::verify, verify::introspect,
         ops::healthz, ops::readyz, ops::metrics,
     ),

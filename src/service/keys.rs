@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 use crate::store::{LoadedTenant, NewKey, Store, StoreError, StoredKey};
 use crate::token::cache::VerifiedCache;
 
+use super::notify::Notifier;
+
 /// How often a plan computed from data that changed underneath is recomputed before the
 /// caller gets a 409.
 const STALE_RETRIES: usize = 3;
@@ -38,6 +40,8 @@ pub struct KeyService {
     registry: Arc<Registry>,
     /// Emptied of a key's tokens when the key is revoked.
     cache: Arc<VerifiedCache>,
+    /// Tells other replicas about changes made here.
+    pub(super) notifier: Arc<Notifier>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) settings: ServiceSettings,
 }
@@ -57,10 +61,11 @@ impl KeyService {
         clock: Arc<dyn Clock>,
         registry: Arc<Registry>,
         cache: Arc<VerifiedCache>,
+        notifier: Arc<Notifier>,
         metrics: Arc<Metrics>,
         settings: ServiceSettings,
     ) -> KeyService {
-        KeyService { store, master, clock, registry, cache, metrics, settings }
+        KeyService { store, master, clock, registry, cache, notifier, metrics, settings }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -93,6 +98,20 @@ impl KeyService {
     pub async fn reload(&self, tenant: &TenantId) -> Result<(), ServiceError> {
         let loaded = self.store.load_tenant(tenant).await?.ok_or(ServiceError::NotFound("tenant"))?;
         self.install(loaded)
+    }
+
+    /// Installs a change made here and tells the other replicas.
+    pub(super) async fn install_and_notify(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {
+        let (tenant, version) = (loaded.tenant.id.clone(), loaded.version);
+        self.install(loaded)?;
+        self.notifier.keys_changed(&tenant, version).await;
+        Ok(())
+    }
+
+    /// Rebuilds a tenant from the database after a change made here, and tells the others.
+    pub(super) async fn reload_and_notify(&self, tenant: &TenantId) -> Result<(), ServiceError> {
+        let loaded = self.store.load_tenant(tenant).await?.ok_or(ServiceError::NotFound("tenant"))?;
+        self.install_and_notify(loaded).await
     }
 
     pub(super) fn install(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {
@@ -231,7 +250,7 @@ impl KeyService {
             match self.store.apply_plan(tenant, &plan, fresh.as_ref(), now, &events).await {
                 Ok(()) => {
                     apply_locally(&mut loaded, &plan, fresh, now)?;
-                    self.install(loaded.clone())?;
+                    self.install_and_notify(loaded.clone()).await?;
                     return Ok((loaded, changes));
                 }
                 Err(StoreError::Stale(stale)) if attempt < STALE_RETRIES => {

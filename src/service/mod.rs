@@ -5,15 +5,19 @@
 mod audit_sink;
 mod error;
 mod keys;
+mod notify;
+mod replication;
+mod revocations;
 mod secrets;
 mod sessions;
-pub mod sync;
 mod tenants;
 mod views;
 
 pub use audit_sink::AuditSink;
 pub use error::ServiceError;
 pub use keys::{KeyChange, KeyService, ServiceSettings};
+pub use notify::Notifier;
+pub use replication::{Reconciled, Replicator, prune_loop};
 pub use secrets::{MIN_SECRET_BYTES, RotatedSecret};
 pub use sessions::{
     GrantError, IssuedTokens, REFRESH_PREFIX, RefreshError, SessionRequest, SessionService, hash_refresh_token,

@@ -93,7 +93,7 @@ impl KeyService {
             serde_json::json!({ "generated": generated.is_some(), "previous_not_after": not_after.unix_timestamp() }),
         );
         let rotation = self.store.rotate_secret(tenant, &new, Some(not_after), now, &[event]).await?;
-        self.reload(tenant).await?;
+        self.reload_and_notify(tenant).await?;
         Ok(RotatedSecret {
             previous_not_after: rotation.previous_kid.as_ref().map(|_| not_after),
             current_kid: rotation.current_kid,
@@ -156,7 +156,7 @@ impl KeyService {
                 &[event],
             )
             .await?;
-        self.reload(tenant).await?;
+        self.reload_and_notify(tenant).await?;
         Ok(true)
     }
 }

@@ -75,8 +75,8 @@ pub enum RefreshError {
 }
 
 pub struct SessionService {
-    keys: Arc<KeyService>,
-    revocations: Arc<Revocations>,
+    pub(super) keys: Arc<KeyService>,
+    pub(super) revocations: Arc<Revocations>,
     /// How long after its first use a refresh token may be presented again (a client
     /// retrying after a lost response) before it counts as reuse.
     reuse_grace: Period,
@@ -108,7 +108,7 @@ impl SessionService {
         SessionService { keys, revocations, reuse_grace }
     }
 
-    fn snapshot(&self, tenant: &TenantId) -> Result<Arc<TenantKeys>, ServiceError> {
+    pub(super) fn snapshot(&self, tenant: &TenantId) -> Result<Arc<TenantKeys>, ServiceError> {
         self.keys.registry().get(tenant.as_str()).ok_or(ServiceError::NotFound("tenant"))
     }
 
@@ -173,6 +173,9 @@ impl SessionService {
         let now = self.keys.now();
         let (signer, access) = new_access(&snapshot, now)?;
         let (refresh_token, refresh) = self.new_refresh(now, policy.refresh_token_ttl)?;
+        // If this turns out to be reuse, the session's tokens are refused until the last
+        // one it could have been issued has expired.
+        let forget_after = self.session_forget_after(now, policy.access_token_ttl);
         let outcome = self
             .keys
             .store
@@ -184,6 +187,7 @@ impl SessionService {
                 &refresh,
                 &access,
                 actor,
+                forget_after,
             )
             .await
             .map_err(ServiceError::from)?;
@@ -198,9 +202,8 @@ impl SessionService {
                 })
             }
             RefreshOutcome::Reused(session) => {
-                self.revocations.apply(tenant, self.session_revocation(&session.id, now, policy.access_token_ttl));
+                self.applied(tenant, self.session_revocation(&session.id, now, policy.access_token_ttl)).await;
                 self.keys.metrics.refresh_reuse.with_label_values(&[tenant.as_str()]).inc();
-                self.keys.metrics.revocations.with_label_values(&[tenant.as_str(), "session"]).inc();
                 tracing::warn!(tenant = %tenant, session = %session.id, "refresh token reuse detected; session revoked");
                 Err(GrantError::Reused.into())
             }
@@ -210,10 +213,13 @@ impl SessionService {
         }
     }
 
-    /// The in-memory revocation of a session: kept until its last access token expired.
+    /// The revocation of a session: kept until its last access token has expired.
     pub fn session_revocation(&self, sid: &str, now: OffsetDateTime, access_ttl: Period) -> Revocation {
-        let forget_after = now + access_ttl.as_duration() + self.keys.settings().leeway.as_duration();
-        Revocation::Session { sid: sid.to_owned(), forget_after }
+        Revocation::Session { sid: sid.to_owned(), forget_after: self.session_forget_after(now, access_ttl) }
+    }
+
+    fn session_forget_after(&self, now: OffsetDateTime, access_ttl: Period) -> OffsetDateTime {
+        now + access_ttl.as_duration() + self.keys.settings().leeway.as_duration()
     }
 
     fn new_refresh(&self, now: OffsetDateTime, ttl: Period) -> Result<(String, NewRefresh), ServiceError> {

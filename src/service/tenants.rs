@@ -46,7 +46,7 @@ impl KeyService {
         })?;
         apply_locally(&mut loaded, &plan, fresh, now)?;
         let active_kid = loaded.keys.first().map(|k| k.meta.kid.clone()).unwrap_or_default();
-        self.install(loaded)?;
+        self.install_and_notify(loaded).await?;
         Ok((tenant, active_kid))
     }
 
@@ -88,7 +88,7 @@ impl KeyService {
             "before": current, "after": updated,
         }));
         self.store.update_tenant(&updated, &[event]).await?;
-        self.reload(id).await?;
+        self.reload_and_notify(id).await?;
         Ok(updated)
     }
 

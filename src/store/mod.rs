@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use crate::crypto::{PublicJwk, Sealed};
 use crate::domain::{Actor, AuditEvent, Key, Plan, Tenant, TenantId};
+use crate::token::revocation::Revocation;
 
 pub use error::StoreError;
 pub use postgres::PgStore;
@@ -148,11 +149,55 @@ pub struct SecretRotation {
     pub previous_kid: Option<String>,
 }
 
-/// A tenant's change counter, for reconciliation.
+/// A tenant's change counters, for reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantVersion {
     pub id: TenantId,
+    /// Keys, secrets and policy.
     pub version: i64,
+    /// Revocations.
+    pub revocations: i64,
+}
+
+/// Which sessions an admin revokes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionScope {
+    All,
+    User(String),
+    Session(String),
+}
+
+/// One audit event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: OffsetDateTime,
+    pub tenant: Option<String>,
+    pub actor: String,
+    pub kind: String,
+    pub kid: Option<String>,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub ip: Option<String>,
+    /// JSON text, or `None`.
+    pub detail: Option<String>,
+}
+
+/// What one key signed in a window, per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub tokens: i64,
+    pub sessions: Vec<SessionUsage>,
+    /// More sessions matched than were returned.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUsage {
+    pub session_id: String,
+    pub user_id: String,
+    pub tokens: i64,
+    pub last_exp: OffsetDateTime,
 }
 
 #[async_trait]
@@ -222,7 +267,8 @@ pub trait Store: Send + Sync + 'static {
     /// Exchanges the refresh token whose hash is `presented` at `now`: if it is unused (or
     /// was used less than `grace` ago) and its session is live, stores `refresh` and records
     /// `access` in the same transaction, extending the session. A token used longer than
-    /// `grace` ago is reuse: the session is revoked and `token.reuse_detected` and
+    /// `grace` ago is reuse: the session is revoked (and logged for every replica as a
+    /// session revocation kept until `forget_after`), and `token.reuse_detected` and
     /// `session.revoked` are written by `actor`.
     #[allow(clippy::too_many_arguments)]
     async fn refresh_session(
@@ -234,6 +280,7 @@ pub trait Store: Send + Sync + 'static {
         refresh: &NewRefresh,
         access: &IssuedAccess,
         actor: &Actor,
+        forget_after: OffsetDateTime,
     ) -> Result<RefreshOutcome, StoreError>;
 
     /// The current secret becomes previous (verifying until `previous_not_after`), the
@@ -257,6 +304,54 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
         events: &[AuditEvent],
     ) -> Result<(), StoreError>;
+
+    /// Revokes the sessions in `scope` (refresh tokens stop working at once) and logs
+    /// `revocation` for every replica, in one transaction. Returns how many sessions were
+    /// newly revoked; [`StoreError::NotFound`] for an unknown session id.
+    async fn revoke_sessions(
+        &self,
+        tenant: &TenantId,
+        scope: &SessionScope,
+        revocation: &Revocation,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<u64, StoreError>;
+
+    /// Logs the revocation of one access token (`Revocation::Token`).
+    async fn revoke_token(
+        &self,
+        tenant: &TenantId,
+        revocation: &Revocation,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError>;
+
+    /// When the access token `jti` of this tenant expires, if Keyward issued it.
+    async fn token_expiry(&self, tenant: &TenantId, jti: &str) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// The tenant's revocations that can still match a live token at `now`.
+    async fn live_revocations(&self, tenant: &TenantId, now: OffsetDateTime) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Up to `limit` audit events of `tenant` with id > `after_id` and `from <= at < to`,
+    /// in id order (the order they were written). Paging keeps exports in constant memory.
+    async fn audit_page(
+        &self,
+        tenant: &TenantId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Tokens `kid` signed with `from <= iat < to`, grouped by session (at most `limit`).
+    async fn key_usage(
+        &self,
+        tenant: &TenantId,
+        kid: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: i64,
+    ) -> Result<KeyUsage, StoreError>;
 
     /// Appends audit events that accompany no state change (e.g. refused admin calls).
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;

@@ -11,12 +11,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 
-use super::rows::{self, Columns, KEY_COLUMNS, SECRET_COLUMNS, SESSION_COLUMNS, TENANT_COLUMNS};
+use super::rows::{self, AUDIT_COLUMNS, Columns, KEY_COLUMNS, SECRET_COLUMNS, SESSION_COLUMNS, TENANT_COLUMNS};
 use super::{
-    IssuedAccess, LoadedTenant, NewKey, NewRefresh, NewSecret, RefreshOutcome, RefreshRejection, SecretRotation,
-    SecretState, SessionRecord, Store, StoreError, StoredKey, TenantVersion, sql,
+    AuditRecord, IssuedAccess, KeyUsage, LoadedTenant, NewKey, NewRefresh, NewSecret, RefreshOutcome, RefreshRejection,
+    SecretRotation, SecretState, SessionRecord, SessionScope, Store, StoreError, StoredKey, TenantVersion, sql,
 };
 use crate::domain::{Actor, AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
+use crate::token::revocation::Revocation;
 
 pub struct PgStore {
     pool: PgPool,
@@ -185,6 +186,26 @@ async fn insert_secret(
     Ok(())
 }
 
+async fn insert_revocation(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    revocation: &Revocation,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let (kind, subject, cutoff, forget_after) = rows::revocation_parts(revocation);
+    sqlx::query(sql::INSERT_REVOCATION)
+        .bind(tenant.as_str())
+        .bind(kind)
+        .bind(subject)
+        .bind(cutoff)
+        .bind(forget_after)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(sql::BUMP_REVOCATION_VERSION).bind(tenant.as_str()).execute(&mut *conn).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -293,7 +314,7 @@ impl Store for PgStore {
     }
 
     async fn tenant_versions(&self) -> Result<Vec<TenantVersion>, StoreError> {
-        let all = sqlx::query("SELECT id, version FROM tenants ORDER BY id").fetch_all(&self.pool).await?;
+        let all = sqlx::query(sql::TENANT_VERSIONS).fetch_all(&self.pool).await?;
         all.iter().map(rows::tenant_version).collect()
     }
 
@@ -376,6 +397,7 @@ impl Store for PgStore {
         refresh: &NewRefresh,
         access: &IssuedAccess,
         actor: &Actor,
+        forget_after: OffsetDateTime,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         let found = sqlx::query(
@@ -399,6 +421,8 @@ impl Store for PgStore {
         }
         if used_at.is_some_and(|used| now - used > grace) {
             sqlx::query(sql::REVOKE_SESSION_FOR_REUSE).bind(&session.id).bind(now).execute(&mut *tx).await?;
+            let revocation = Revocation::Session { sid: session.id.clone(), forget_after };
+            insert_revocation(&mut tx, tenant, &revocation, now).await?;
             session.revoked_at = Some(now);
             insert_events(&mut tx, &rows::reuse_events(&session, actor, now)).await?;
             tx.commit().await?;
@@ -460,6 +484,115 @@ impl Store for PgStore {
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn revoke_sessions(
+        &self,
+        tenant: &TenantId,
+        scope: &SessionScope,
+        revocation: &Revocation,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (statement, subject) = match scope {
+            SessionScope::All => (sql::REVOKE_ALL_SESSIONS, ""),
+            SessionScope::User(user) => (sql::REVOKE_USER_SESSIONS, user.as_str()),
+            SessionScope::Session(sid) => {
+                let found: i64 =
+                    sqlx::query_scalar(sql::SESSION_EXISTS).bind(tenant.as_str()).bind(sid).fetch_one(&mut *tx).await?;
+                if found == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                (sql::REVOKE_ONE_SESSION, sid.as_str())
+            }
+        };
+        let done = sqlx::query(statement).bind(tenant.as_str()).bind(now).bind(subject).execute(&mut *tx).await?;
+        insert_revocation(&mut tx, tenant, revocation, now).await?;
+        let count = done.rows_affected();
+        let events: Vec<AuditEvent> =
+            events.iter().map(|e| rows::session_revoked_event(tenant, scope, count, e)).collect();
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant: &TenantId,
+        revocation: &Revocation,
+        now: OffsetDateTime,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_revocation(&mut tx, tenant, revocation, now).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn token_expiry(&self, tenant: &TenantId, jti: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        let row = sqlx::query(sql::TOKEN_EXPIRY).bind(tenant.as_str()).bind(jti).fetch_optional(&self.pool).await?;
+        row.map(|r| r.ts("expires_at")).transpose()
+    }
+
+    async fn live_revocations(&self, tenant: &TenantId, now: OffsetDateTime) -> Result<Vec<Revocation>, StoreError> {
+        let all = sqlx::query(sql::LIVE_REVOCATIONS).bind(tenant.as_str()).bind(now).fetch_all(&self.pool).await?;
+        all.iter().map(rows::revocation).collect()
+    }
+
+    async fn audit_page(
+        &self,
+        tenant: &TenantId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE tenant_id = $1 AND at >= $2 AND at < $3 AND id > $4 \
+             ORDER BY id LIMIT $5"
+        );
+        let all = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(from)
+            .bind(to)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        all.iter().map(rows::audit_record).collect()
+    }
+
+    async fn key_usage(
+        &self,
+        tenant: &TenantId,
+        kid: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: i64,
+    ) -> Result<KeyUsage, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let tokens: i64 = sqlx::query_scalar(sql::KEY_USAGE_TOTAL)
+            .bind(tenant.as_str())
+            .bind(kid)
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query(sql::KEY_USAGE_SESSIONS)
+            .bind(tenant.as_str())
+            .bind(kid)
+            .bind(from)
+            .bind(to)
+            .bind(limit + 1)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut sessions = rows.iter().map(rows::session_usage).collect::<Result<Vec<_>, _>>()?;
+        let truncated = sessions.len() as i64 > limit;
+        sessions.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(KeyUsage { tokens, sessions, truncated })
     }
 
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {

@@ -4,9 +4,13 @@
 
 use time::OffsetDateTime;
 
-use super::{IssuedAccess, SecretState, SessionRecord, StoreError, StoredKey, StoredSecret, TenantVersion};
+use super::{
+    AuditRecord, IssuedAccess, SecretState, SessionRecord, SessionUsage, StoreError, StoredKey, StoredSecret,
+    TenantVersion,
+};
 use crate::crypto::{PublicJwk, Sealed};
 use crate::domain::{Actor, AuditEvent, EventKind, Key, KeyState, Period, Policy, SigningAlg, Tenant, TenantId};
+use crate::token::revocation::Revocation;
 
 /// Typed column access over a backend's row.
 pub(super) trait Columns {
@@ -54,7 +58,85 @@ pub(super) fn tenant(row: &impl Columns) -> Result<Tenant, StoreError> {
 }
 
 pub(super) fn tenant_version(row: &impl Columns) -> Result<TenantVersion, StoreError> {
-    Ok(TenantVersion { id: tenant_id(&row.text("id")?)?, version: row.int("version")? })
+    Ok(TenantVersion {
+        id: tenant_id(&row.text("id")?)?,
+        version: row.int("version")?,
+        revocations: row.int("revocation_version")?,
+    })
+}
+
+/// Column values of a revocation row: kind, subject, cutoff, forget_after.
+pub(super) fn revocation_parts(r: &Revocation) -> (&'static str, &str, Option<OffsetDateTime>, OffsetDateTime) {
+    match r {
+        Revocation::Session { sid, forget_after } => ("session", sid, None, *forget_after),
+        Revocation::Token { jti, forget_after } => ("token", jti, None, *forget_after),
+        Revocation::User { user_id, cutoff, forget_after } => ("user", user_id, Some(*cutoff), *forget_after),
+        Revocation::Tenant { cutoff, forget_after } => ("tenant", "", Some(*cutoff), *forget_after),
+    }
+}
+
+pub(super) fn revocation(row: &impl Columns) -> Result<Revocation, StoreError> {
+    let subject = row.text("subject")?;
+    let forget_after = row.ts("forget_after")?;
+    let cutoff = || row.ts_opt("cutoff")?.ok_or_else(|| corrupt("revocation cutoff"));
+    Ok(match row.text("kind")?.as_str() {
+        "session" => Revocation::Session { sid: subject, forget_after },
+        "token" => Revocation::Token { jti: subject, forget_after },
+        "user" => Revocation::User { user_id: subject, cutoff: cutoff()?, forget_after },
+        "tenant" => Revocation::Tenant { cutoff: cutoff()?, forget_after },
+        _ => return Err(corrupt("revocation kind")),
+    })
+}
+
+pub(super) const AUDIT_COLUMNS: &str = "id, at, tenant_id, actor, type, kid, session_id, user_id, ip, detail";
+
+pub(super) fn audit_record(row: &impl Columns) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        id: row.int("id")?,
+        at: row.ts("at")?,
+        tenant: row.text_opt("tenant_id")?,
+        actor: row.text("actor")?,
+        kind: row.text("type")?,
+        kid: row.text_opt("kid")?,
+        session_id: row.text_opt("session_id")?,
+        user_id: row.text_opt("user_id")?,
+        ip: row.text_opt("ip")?,
+        detail: row.text_opt("detail")?,
+    })
+}
+
+pub(super) fn session_usage(row: &impl Columns) -> Result<SessionUsage, StoreError> {
+    Ok(SessionUsage {
+        session_id: row.text("session_id")?,
+        user_id: row.text("user_id")?,
+        tokens: row.int("tokens")?,
+        last_exp: row.ts("last_exp")?,
+    })
+}
+
+/// The audit events of an admin session revocation.
+pub(super) fn session_revoked_event(
+    tenant: &TenantId,
+    scope: &super::SessionScope,
+    count: u64,
+    template: &AuditEvent,
+) -> AuditEvent {
+    let mut e = template.clone();
+    e.kind = EventKind::SessionRevoked;
+    e.tenant = Some(tenant.clone());
+    let scope_name = match scope {
+        super::SessionScope::All => "tenant",
+        super::SessionScope::User(u) => {
+            e.user_id = Some(u.clone());
+            "user"
+        }
+        super::SessionScope::Session(s) => {
+            e.session_id = Some(s.clone());
+            "session"
+        }
+    };
+    e.detail = serde_json::json!({ "scope": scope_name, "revoked": count });
+    e
 }
 
 pub(super) const KEY_COLUMNS: &str = "kid, alg, state, public_jwk, kek_id, wrapped_dek, private_key, created_at, \

@@ -41,3 +41,34 @@ pub(super) const RETIRE_ALL_SECRETS: &str =
 
 pub(super) const INSERT_SECRET: &str = "INSERT INTO hmac_secrets \
     (tenant_id, kid, state, kek_id, wrapped_dek, secret, created_at, not_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+pub(super) const INSERT_REVOCATION: &str = "INSERT INTO revocations \
+    (tenant_id, kind, subject, cutoff, forget_after, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
+
+pub(super) const BUMP_REVOCATION_VERSION: &str =
+    "UPDATE tenants SET revocation_version = revocation_version + 1 WHERE id = $1";
+
+pub(super) const TENANT_VERSIONS: &str = "SELECT id, version, revocation_version FROM tenants ORDER BY id";
+
+/// `$1` tenant, `$2` now, `$3` scope user id or session id (unused for all).
+pub(super) const REVOKE_ALL_SESSIONS: &str = "UPDATE sessions SET revoked_at = $2, revoke_reason = 'admin' \
+    WHERE tenant_id = $1 AND revoked_at IS NULL";
+pub(super) const REVOKE_USER_SESSIONS: &str = "UPDATE sessions SET revoked_at = $2, revoke_reason = 'admin' \
+    WHERE tenant_id = $1 AND user_id = $3 AND revoked_at IS NULL";
+pub(super) const REVOKE_ONE_SESSION: &str = "UPDATE sessions SET revoked_at = $2, revoke_reason = 'admin' \
+    WHERE tenant_id = $1 AND id = $3 AND revoked_at IS NULL";
+
+pub(super) const SESSION_EXISTS: &str = "SELECT COUNT(*) FROM sessions WHERE tenant_id = $1 AND id = $2";
+
+pub(super) const TOKEN_EXPIRY: &str = "SELECT expires_at FROM access_tokens WHERE tenant_id = $1 AND jti = $2";
+
+pub(super) const LIVE_REVOCATIONS: &str = "SELECT kind, subject, cutoff, forget_after FROM revocations \
+    WHERE tenant_id = $1 AND forget_after > $2 ORDER BY id";
+
+pub(super) const KEY_USAGE_TOTAL: &str = "SELECT COUNT(*) FROM access_tokens \
+    WHERE tenant_id = $1 AND kid = $2 AND issued_at >= $3 AND issued_at < $4";
+
+pub(super) const KEY_USAGE_SESSIONS: &str = "SELECT session_id, user_id, COUNT(*) AS tokens, \
+    MAX(expires_at) AS last_exp FROM access_tokens \
+    WHERE tenant_id = $1 AND kid = $2 AND issued_at >= $3 AND issued_at < $4 \
+    GROUP BY session_id, user_id ORDER BY MAX(expires_at) DESC, session_id LIMIT $5";

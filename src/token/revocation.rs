@@ -40,13 +40,45 @@ impl TenantRevocations {
     }
 }
 
-/// A revocation, as applied to this replica's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A revocation, as applied to this replica's state (and sent to the others).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Revocation {
-    Session { sid: String, forget_after: OffsetDateTime },
-    Token { jti: String, forget_after: OffsetDateTime },
-    User { user_id: String, cutoff: OffsetDateTime, forget_after: OffsetDateTime },
-    Tenant { cutoff: OffsetDateTime, forget_after: OffsetDateTime },
+    Session {
+        sid: String,
+        #[serde(with = "time::serde::rfc3339")]
+        forget_after: OffsetDateTime,
+    },
+    Token {
+        jti: String,
+        #[serde(with = "time::serde::rfc3339")]
+        forget_after: OffsetDateTime,
+    },
+    User {
+        user_id: String,
+        #[serde(with = "time::serde::rfc3339")]
+        cutoff: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
+        forget_after: OffsetDateTime,
+    },
+    Tenant {
+        #[serde(with = "time::serde::rfc3339")]
+        cutoff: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
+        forget_after: OffsetDateTime,
+    },
+}
+
+impl Revocation {
+    /// The metrics label (`keyward_revocations_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Revocation::Session { .. } => "session",
+            Revocation::Token { .. } => "token",
+            Revocation::User { .. } => "user",
+            Revocation::Tenant { .. } => "tenant",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +164,22 @@ impl Revocations {
                 let e = t.everyone.get_or_insert((cutoff, forget_after));
                 *e = (later(e.0, cutoff), later(e.1, forget_after));
             }
+        }
+    }
+
+    /// Replaces a tenant's state with `all` (the live revocations read from the database,
+    /// which holds every revocation ever answered), as reconciliation does.
+    pub fn replace_tenant(&self, tenant: &TenantId, all: Vec<Revocation>) {
+        let fresh = Revocations::default();
+        for r in all {
+            fresh.apply(tenant, r);
+        }
+        let state = fresh.tenants.into_inner().unwrap_or_else(|e| e.into_inner()).remove(tenant).unwrap_or_default();
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        if state.is_empty() {
+            tenants.remove(tenant);
+        } else {
+            tenants.insert(tenant.clone(), state);
         }
     }
 
