@@ -21,7 +21,9 @@ use crate::health::{self, Health};
 use crate::http::{self, AppState, HttpSettings};
 use crate::keyset::Registry;
 use crate::metrics::Metrics;
-use crate::service::{AuditSink, KeyService, Notifier, Replicator, ServiceSettings, SessionService, prune_loop};
+use crate::service::{
+    AuditSink, KeyService, KeyServiceDeps, Notifier, Replicator, ServiceSettings, SessionService, prune_loop,
+};
 use crate::store::{self, Backend, Store};
 use crate::token::Verifier;
 use crate::token::cache::VerifiedCache;
@@ -69,16 +71,16 @@ impl Services {
         let registry = Arc::new(Registry::default());
         let cache = Arc::new(VerifiedCache::new(settings.verify_cache_entries));
         let notifier = Arc::new(Notifier::new(Arc::clone(&fanout), replica_id()?, Arc::clone(&metrics)));
-        let keys = Arc::new(KeyService::new(
-            Arc::clone(&store),
+        let keys = Arc::new(KeyService::new(KeyServiceDeps {
+            store: Arc::clone(&store),
             master,
-            Arc::clone(&clock),
-            Arc::clone(&registry),
-            Arc::clone(&cache),
+            clock: Arc::clone(&clock),
+            registry: Arc::clone(&registry),
+            cache: Arc::clone(&cache),
             notifier,
-            Arc::clone(&metrics),
-            service_settings,
-        ));
+            metrics: Arc::clone(&metrics),
+            settings: service_settings,
+        }));
         let tenants = keys.load_all().await.context("loading key sets (is KEYWARD_MASTER_KEYS the right key?)")?;
         tracing::info!(backend = store.backend(), tenants, "key sets loaded");
         let revocations = Arc::new(Revocations::default());

@@ -46,6 +46,18 @@ pub struct KeyService {
     pub(super) settings: ServiceSettings,
 }
 
+/// What a [`KeyService`] is built from (see the fields of `KeyService` for what each is for).
+pub struct KeyServiceDeps {
+    pub store: Arc<dyn Store>,
+    pub master: Arc<MasterKeys>,
+    pub clock: Arc<dyn Clock>,
+    pub registry: Arc<Registry>,
+    pub cache: Arc<VerifiedCache>,
+    pub notifier: Arc<Notifier>,
+    pub metrics: Arc<Metrics>,
+    pub settings: ServiceSettings,
+}
+
 /// One key's move, as applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyChange {
@@ -55,16 +67,8 @@ pub struct KeyChange {
 }
 
 impl KeyService {
-    pub fn new(
-        store: Arc<dyn Store>,
-        master: Arc<MasterKeys>,
-        clock: Arc<dyn Clock>,
-        registry: Arc<Registry>,
-        cache: Arc<VerifiedCache>,
-        notifier: Arc<Notifier>,
-        metrics: Arc<Metrics>,
-        settings: ServiceSettings,
-    ) -> KeyService {
+    pub fn new(deps: KeyServiceDeps) -> KeyService {
+        let KeyServiceDeps { store, master, clock, registry, cache, notifier, metrics, settings } = deps;
         KeyService { store, master, clock, registry, cache, notifier, metrics, settings }
     }
 

@@ -15,7 +15,7 @@ mod views;
 
 pub use audit_sink::AuditSink;
 pub use error::ServiceError;
-pub use keys::{KeyChange, KeyService, ServiceSettings};
+pub use keys::{KeyChange, KeyService, KeyServiceDeps, ServiceSettings};
 pub use notify::Notifier;
 pub use replication::{Reconciled, Replicator, prune_loop};
 pub use secrets::{MIN_SECRET_BYTES, RotatedSecret};
