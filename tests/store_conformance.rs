@@ -157,7 +157,8 @@ impl Fixture {
         let fresh = plan.fresh.map(|alg| new_key(&self.master, self.id(), alg).0);
         let fresh_kid = fresh.as_ref().map(|k| k.public.kid.clone());
         let events = events_for(plan, self.id(), fresh_kid.as_deref(), now);
-        self.store.apply_plan(self.id(), plan, fresh.as_ref(), now, &events).await?;
+        let version = self.store.load_tenant(self.id()).await?.map(|t| t.version).unwrap_or_default();
+        self.store.apply_plan(self.id(), version, plan, fresh.as_ref(), now, &events).await?;
         Ok(fresh_kid)
     }
 
@@ -258,7 +259,10 @@ async fn created_tenant_reads_back_with_one_active_key(db: TestDatabase) {
     assert_eq!(key.public, fresh.public);
     assert!(key.sealed == fresh.sealed, "the sealed private half reads back unchanged");
     assert_eq!(store.get_tenant(&tenant.id).await.unwrap(), Some(tenant.clone()));
-    assert_eq!(store.tenant_versions().await.unwrap(), vec![TenantVersion { id: tenant.id, version: loaded.version }]);
+    assert_eq!(
+        store.tenant_versions().await.unwrap(),
+        vec![TenantVersion { id: tenant.id, version: loaded.version, revocations: 0 }]
+    );
     let written: Vec<AuditRow> = events.iter().map(AuditRow::from).collect();
     assert_eq!(db.raw().await.audit_events().await, written);
     assert_eq!(
@@ -435,7 +439,8 @@ async fn private_keys_are_sealed_at_rest_for_every_algorithm(db: TestDatabase) {
         let (fresh, pkcs8) = new_key(&fx.master, fx.id(), alg);
         let kid = fresh.public.kid.clone();
         let events = events_for(&stage(alg), fx.id(), Some(&kid), now);
-        fx.store.apply_plan(fx.id(), &stage(alg), Some(&fresh), now, &events).await.unwrap();
+        let version = fx.store.load_tenant(fx.id()).await.unwrap().unwrap().version;
+        fx.store.apply_plan(fx.id(), version, &stage(alg), Some(&fresh), now, &events).await.unwrap();
 
         let row = fx.raw.key_row("acme", &kid).await;
 
@@ -555,7 +560,7 @@ fn histories() -> impl Strategy<Value = Vec<Step>> {
         1 => any::<bool>().prop_map(|emergency| Op::Rotate { emergency }),
         1 => proptest::option::of(any::<Index>()).prop_map(|key| Op::Revoke { key }),
         3 => Just(Op::Schedule),
-        1 => Just(Op::Replay),
+        2 => Just(Op::Replay),
     ];
     let wait = prop_oneof![Just(0), Just(1), Just(HOUR), Just(2 * DAY + 1), Just(8 * DAY), Just(91 * DAY)]
         .prop_map(Duration::seconds);
@@ -578,7 +583,7 @@ async fn lifecycle_sequences_match_the_reference_model(db: TestDatabase) {
         let tenants = AtomicUsize::new(0);
         TestRunner::new(config).run(&histories(), |history| {
             let id = tenant_id(&format!("history-{}", tenants.fetch_add(1, Ordering::Relaxed)));
-            let mut raw = raw.lock().unwrap();
+            let mut raw = raw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             runtime.block_on(replay_history(&*store, &mut raw, &master, &id, &history))
         })
     })
@@ -630,7 +635,7 @@ async fn replay_history(
             let events = events_for(&plan, id, fresh_kid.as_deref(), now);
 
             let expected = plan.apply(&mut model, now, fresh_kid.as_deref());
-            let outcome = store.apply_plan(id, &plan, fresh.as_ref(), now, &events).await;
+            let outcome = store.apply_plan(id, version, &plan, fresh.as_ref(), now, &events).await;
 
             match (expected, outcome) {
                 (Ok(()), Ok(())) => {

@@ -251,7 +251,7 @@ impl KeyService {
             };
             let changes = resolve(&plan, fresh.as_ref());
             let events = audit_events(tenant, actor, now, &changes, fresh.as_ref(), &detail);
-            match self.store.apply_plan(tenant, &plan, fresh.as_ref(), now, &events).await {
+            match self.store.apply_plan(tenant, loaded.version, &plan, fresh.as_ref(), now, &events).await {
                 Ok(()) => {
                     apply_locally(&mut loaded, &plan, fresh, now)?;
                     self.install_and_notify(loaded.clone()).await?;

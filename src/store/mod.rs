@@ -242,12 +242,15 @@ pub trait Store: Send + Sync + 'static {
     /// All keys of a tenant, oldest first.
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, StoreError>;
 
-    /// Applies a lifecycle plan at `now`: inserts the fresh key (if the plan has one) as
-    /// staged, then each transition guarded by its expected `from` state, then the events.
-    /// [`StoreError::Stale`] (and nothing written) if any key is not in its expected state.
+    /// Applies a lifecycle plan at `now`: moves the tenant from `expected_version` to the
+    /// next version, inserts the fresh key (if the plan has one) as staged, then applies
+    /// each transition guarded by its expected `from` state, then writes the events.
+    /// [`StoreError::Stale`] (and nothing written) if the tenant changed since the plan was
+    /// computed or any key is not in its expected state.
     async fn apply_plan(
         &self,
         tenant: &TenantId,
+        expected_version: i64,
         plan: &Plan,
         fresh: Option<&NewKey>,
         now: OffsetDateTime,

@@ -10,6 +10,11 @@ pub(super) const INSERT_FRESH_KEY: &str = "INSERT INTO keys \
 
 pub(super) const BUMP_VERSION: &str = "UPDATE tenants SET version = version + 1 WHERE id = $1";
 
+/// Optimistic concurrency for key plans: `$1` tenant, `$2` the version the plan was
+/// computed from. On PostgreSQL the row lock also queues a concurrent plan behind this one,
+/// which then finds the version moved and fails as stale instead of doing damage.
+pub(super) const BUMP_VERSION_FROM: &str = "UPDATE tenants SET version = version + 1 WHERE id = $1 AND version = $2";
+
 pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions \
     (id, tenant_id, user_id, client_id, scope, audience, claims, created_at, expires_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";

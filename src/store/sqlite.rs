@@ -97,10 +97,16 @@ async fn insert_events(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Re
 async fn apply_plan_in(
     conn: &mut SqliteConnection,
     tenant: &TenantId,
+    expected_version: i64,
     plan: &Plan,
     fresh: Option<&NewKey>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    let bumped =
+        sqlx::query(sql::BUMP_VERSION_FROM).bind(tenant.as_str()).bind(expected_version).execute(&mut *conn).await?;
+    if bumped.rows_affected() != 1 {
+        return Err(StalePlan { kid: String::new(), expected: "at the version the plan was computed from" }.into());
+    }
     let fresh_kid = match (plan.fresh, fresh) {
         (Some(alg), Some(key)) => {
             sqlx::query(sql::INSERT_FRESH_KEY)
@@ -139,10 +145,6 @@ async fn apply_plan_in(
             return Err(StalePlan { kid: kid.to_owned(), expected: t.from.as_str() }.into());
         }
     }
-    sqlx::query("UPDATE tenants SET version = version + 1 WHERE id = $1")
-        .bind(tenant.as_str())
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -284,7 +286,8 @@ impl Store for SqliteStore {
             StoreError::Conflict(_) => StoreError::Conflict("tenant"),
             other => other,
         })?;
-        apply_plan_in(&mut tx, &tenant.id, plan, fresh, now).await?;
+        // A new tenant starts at version 1 (the column default).
+        apply_plan_in(&mut tx, &tenant.id, 1, plan, fresh, now).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
@@ -366,13 +369,14 @@ impl Store for SqliteStore {
     async fn apply_plan(
         &self,
         tenant: &TenantId,
+        expected_version: i64,
         plan: &Plan,
         fresh: Option<&NewKey>,
         now: OffsetDateTime,
         events: &[AuditEvent],
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        apply_plan_in(&mut tx, tenant, plan, fresh, now).await?;
+        apply_plan_in(&mut tx, tenant, expected_version, plan, fresh, now).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
