@@ -145,6 +145,9 @@ pub enum KekCommand {
         #[arg(long, default_value = "k1")]
         id: String,
     },
+    /// Re-wrap every stored data key under the first configured master key (online,
+    /// idempotent). Afterwards older master keys can be removed from KEYWARD_MASTER_KEYS.
+    Rotate,
 }
 
 fn parse_alg(s: &str) -> Result<SigningAlg, String> {
@@ -228,7 +231,16 @@ async fn admin(command: Command, services: &Services) -> anyhow::Result<()> {
             println!("active key: {}", active.unwrap_or_else(|| "none".into()));
             Ok(())
         }
-        Command::Serve | Command::Migrate | Command::Kek(_) => Ok(()),
+        Command::Kek(KekCommand::Rotate) => {
+            let report = keys.rotate_kek(&actor()).await?;
+            print(&report)?;
+            println!(
+                "every data key is now wrapped by `{}`; other master keys can be removed from KEYWARD_MASTER_KEYS",
+                services.keys.master_key_id()
+            );
+            Ok(())
+        }
+        Command::Serve | Command::Migrate | Command::Kek(KekCommand::Generate { .. }) => Ok(()),
     }
 }
 

@@ -22,7 +22,7 @@ use crate::http::{self, AppState, HttpSettings};
 use crate::keyset::Registry;
 use crate::metrics::Metrics;
 use crate::service::{
-    AuditSink, KeyService, KeyServiceDeps, Notifier, Replicator, ServiceSettings, SessionService, prune_loop,
+    AuditSink, KeyService, KeyServiceDeps, Notifier, Replicator, Rotator, ServiceSettings, SessionService, prune_loop,
 };
 use crate::store::{self, Backend, Store};
 use crate::token::Verifier;
@@ -37,6 +37,7 @@ pub struct Services {
     pub sessions: Arc<SessionService>,
     pub verifier: Arc<Verifier>,
     pub replicator: Arc<Replicator>,
+    pub rotator: Arc<Rotator>,
     pub fanout: Arc<dyn Fanout>,
     pub metrics: Arc<Metrics>,
 }
@@ -70,7 +71,8 @@ impl Services {
         };
         let registry = Arc::new(Registry::default());
         let cache = Arc::new(VerifiedCache::new(settings.verify_cache_entries));
-        let notifier = Arc::new(Notifier::new(Arc::clone(&fanout), replica_id()?, Arc::clone(&metrics)));
+        let replica = replica_id()?;
+        let notifier = Arc::new(Notifier::new(Arc::clone(&fanout), replica.clone(), Arc::clone(&metrics)));
         let keys = Arc::new(KeyService::new(KeyServiceDeps {
             store: Arc::clone(&store),
             master,
@@ -98,7 +100,8 @@ impl Services {
         // Loads every live revocation before serving: a restarted replica rejects revoked
         // sessions from its first request.
         replicator.reconcile().await.context("loading revocations")?;
-        Ok(Services { backend, store, keys, sessions, verifier, replicator, fanout, metrics })
+        let rotator = Arc::new(Rotator::new(Arc::clone(&keys), replica, settings.rotation_interval.as_std()));
+        Ok(Services { backend, store, keys, sessions, verifier, replicator, rotator, fanout, metrics })
     }
 }
 
@@ -205,6 +208,7 @@ impl Application {
                 settings.health_interval.as_std(),
             )),
             tokio::spawn(Arc::clone(&services.replicator).run(settings.reconcile_interval.as_std())),
+            tokio::spawn(Arc::clone(&services.rotator).run(settings.rotation_interval.as_std())),
             tokio::spawn(health::probe_fanout(
                 Arc::clone(&health),
                 Arc::clone(&services.fanout),

@@ -84,6 +84,11 @@ impl KeyService {
         &self.settings
     }
 
+    /// The id of the master key that encrypts new material.
+    pub fn master_key_id(&self) -> &str {
+        self.master.primary_id()
+    }
+
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
     }
@@ -280,7 +285,7 @@ impl KeyService {
     }
 }
 
-pub(super) fn keys_of(loaded: &LoadedTenant) -> Vec<Key> {
+pub(crate) fn keys_of(loaded: &LoadedTenant) -> Vec<Key> {
     loaded.keys.iter().map(|k| k.meta.clone()).collect()
 }
 

@@ -8,6 +8,7 @@ mod keys;
 mod notify;
 mod replication;
 mod revocations;
+mod rotation;
 mod secrets;
 mod sessions;
 mod tenants;
@@ -18,6 +19,7 @@ pub use error::ServiceError;
 pub use keys::{KeyChange, KeyService, KeyServiceDeps, ServiceSettings};
 pub use notify::Notifier;
 pub use replication::{Reconciled, Replicator, prune_loop};
+pub use rotation::{ROTATION_LEASE, Rewrapped, Rotator, Tick};
 pub use secrets::{MIN_SECRET_BYTES, RotatedSecret};
 pub use sessions::{
     GrantError, IssuedTokens, REFRESH_PREFIX, RefreshError, SessionRequest, SessionService, hash_refresh_token,

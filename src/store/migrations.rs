@@ -12,12 +12,14 @@ const POSTGRES: &[Source] = &[
     (1, "keys", include_str!("../../migrations/postgres/0001_keys.sql")),
     (2, "tokens", include_str!("../../migrations/postgres/0002_tokens.sql")),
     (3, "revocations", include_str!("../../migrations/postgres/0003_revocations.sql")),
+    (4, "leases", include_str!("../../migrations/postgres/0004_leases.sql")),
 ];
 
 const SQLITE: &[Source] = &[
     (1, "keys", include_str!("../../migrations/sqlite/0001_keys.sql")),
     (2, "tokens", include_str!("../../migrations/sqlite/0002_tokens.sql")),
     (3, "revocations", include_str!("../../migrations/sqlite/0003_revocations.sql")),
+    (4, "leases", include_str!("../../migrations/sqlite/0004_leases.sql")),
 ];
 
 fn migrator(sources: &[Source]) -> Migrator {

@@ -149,6 +149,24 @@ pub struct SecretRotation {
     pub previous_kid: Option<String>,
 }
 
+/// Which table a sealed value lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedKind {
+    /// A signing key's private half.
+    Key,
+    /// An HS256 secret.
+    Secret,
+}
+
+/// A sealed value and where it lives, for re-wrapping under a new master key.
+#[derive(Debug, Clone)]
+pub struct SealedItem {
+    pub kind: SealedKind,
+    pub tenant: TenantId,
+    pub id: String,
+    pub sealed: Sealed,
+}
+
 /// A tenant's change counters, for reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantVersion {
@@ -355,6 +373,23 @@ pub trait Store: Send + Sync + 'static {
         to: OffsetDateTime,
         limit: i64,
     ) -> Result<KeyUsage, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `until` if it is free, expired at
+    /// `now`, or already `holder`'s. Returns whether `holder` holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Every sealed value (private keys and HS256 secrets).
+    async fn sealed_items(&self) -> Result<Vec<SealedItem>, StoreError>;
+
+    /// Replaces the wrapped data key of `item` by `new`, only if the row still holds the
+    /// wrapping `item` was read with. Returns whether it did.
+    async fn rewrap(&self, item: &SealedItem, new: &Sealed) -> Result<bool, StoreError>;
 
     /// Appends audit events that accompany no state change (e.g. refused admin calls).
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;

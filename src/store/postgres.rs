@@ -14,8 +14,10 @@ use time::OffsetDateTime;
 use super::rows::{self, AUDIT_COLUMNS, Columns, KEY_COLUMNS, SECRET_COLUMNS, SESSION_COLUMNS, TENANT_COLUMNS};
 use super::{
     AuditRecord, IssuedAccess, KeyUsage, LoadedTenant, NewKey, NewRefresh, NewSecret, RefreshOutcome, RefreshRejection,
-    SecretRotation, SecretState, SessionRecord, SessionScope, Store, StoreError, StoredKey, TenantVersion, sql,
+    SealedItem, SealedKind, SecretRotation, SecretState, SessionRecord, SessionScope, Store, StoreError, StoredKey,
+    TenantVersion, sql,
 };
+use crate::crypto::Sealed;
 use crate::domain::{Actor, AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
 use crate::token::revocation::Revocation;
 
@@ -597,6 +599,45 @@ impl Store for PgStore {
         let truncated = sessions.len() as i64 > limit;
         sessions.truncate(usize::try_from(limit).unwrap_or(0));
         Ok(KeyUsage { tokens, sessions, truncated })
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query(sql::ACQUIRE_LEASE).bind(name).bind(holder).bind(now).bind(until).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn sealed_items(&self) -> Result<Vec<SealedItem>, StoreError> {
+        let mut items = Vec::new();
+        for (statement, kind) in [(sql::SEALED_KEYS, SealedKind::Key), (sql::SEALED_SECRETS, SealedKind::Secret)] {
+            for row in sqlx::query(statement).fetch_all(&self.pool).await? {
+                items.push(rows::sealed_item(&row, kind)?);
+            }
+        }
+        Ok(items)
+    }
+
+    async fn rewrap(&self, item: &SealedItem, new: &Sealed) -> Result<bool, StoreError> {
+        let statement = match item.kind {
+            SealedKind::Key => sql::REWRAP_KEY,
+            SealedKind::Secret => sql::REWRAP_SECRET,
+        };
+        let done = sqlx::query(statement)
+            .bind(item.tenant.as_str())
+            .bind(&item.id)
+            .bind(&new.kek_id)
+            .bind(&new.wrapped_dek)
+            .bind(&item.sealed.kek_id)
+            .bind(&item.sealed.wrapped_dek)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {

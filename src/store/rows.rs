@@ -5,8 +5,8 @@
 use time::OffsetDateTime;
 
 use super::{
-    AuditRecord, IssuedAccess, SecretState, SessionRecord, SessionUsage, StoreError, StoredKey, StoredSecret,
-    TenantVersion,
+    AuditRecord, IssuedAccess, SealedItem, SealedKind, SecretState, SessionRecord, SessionUsage, StoreError, StoredKey,
+    StoredSecret, TenantVersion,
 };
 use crate::crypto::{PublicJwk, Sealed};
 use crate::domain::{Actor, AuditEvent, EventKind, Key, KeyState, Period, Policy, SigningAlg, Tenant, TenantId};
@@ -255,4 +255,17 @@ pub(super) fn refreshed_event(session: &SessionRecord, actor: &Actor, access: &I
     e.session_id = Some(session.id.clone());
     e.user_id = Some(session.user_id.clone());
     e
+}
+
+pub(super) fn sealed_item(row: &impl Columns, kind: SealedKind) -> Result<SealedItem, StoreError> {
+    Ok(SealedItem {
+        kind,
+        tenant: tenant_id(&row.text("tenant_id")?)?,
+        id: row.text("kid")?,
+        sealed: Sealed {
+            kek_id: row.text("kek_id")?,
+            wrapped_dek: row.bytes("wrapped_dek")?,
+            ciphertext: row.bytes("ciphertext")?,
+        },
+    })
 }

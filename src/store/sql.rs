@@ -77,3 +77,20 @@ pub(super) const KEY_USAGE_SESSIONS: &str = "SELECT session_id, user_id, COUNT(*
     MAX(expires_at) AS last_exp FROM access_tokens \
     WHERE tenant_id = $1 AND kid = $2 AND issued_at >= $3 AND issued_at < $4 \
     GROUP BY session_id, user_id ORDER BY MAX(expires_at) DESC, session_id LIMIT $5";
+
+/// `$1` name, `$2` holder, `$3` now, `$4` until. Affects one row exactly when `$2` now
+/// holds the lease: it was free, expired, or already `$2`'s.
+pub(super) const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $4) \
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+    WHERE leases.holder = excluded.holder OR leases.expires_at < $3";
+
+pub(super) const SEALED_KEYS: &str = "SELECT tenant_id, kid, kek_id, wrapped_dek, private_key AS ciphertext FROM keys";
+pub(super) const SEALED_SECRETS: &str =
+    "SELECT tenant_id, kid, kek_id, wrapped_dek, secret AS ciphertext FROM hmac_secrets";
+
+/// Compare-and-set of a wrapped data key: `$1` tenant, `$2` kid, `$3` new KEK id, `$4` new
+/// wrapped key, `$5` old KEK id, `$6` old wrapped key.
+pub(super) const REWRAP_KEY: &str = "UPDATE keys SET kek_id = $3, wrapped_dek = $4 \
+    WHERE tenant_id = $1 AND kid = $2 AND kek_id = $5 AND wrapped_dek = $6";
+pub(super) const REWRAP_SECRET: &str = "UPDATE hmac_secrets SET kek_id = $3, wrapped_dek = $4 \
+    WHERE tenant_id = $1 AND kid = $2 AND kek_id = $5 AND wrapped_dek = $6";
