@@ -44,6 +44,12 @@ const ENV: &[(&str, &str)] = &[
     ("KEYWARD_SHUTDOWN_GRACE", "shutdown_grace"),
     ("KEYWARD_LOG_FORMAT", "log_format"),
     ("KEYWARD_LOG_LEVEL", "log_level"),
+    ("RL_ENABLED", "rate_limits.enabled"),
+    ("RL_VERIFY_PER_IP", "rate_limits.verify_per_ip"),
+    ("RL_VERIFY_PER_TENANT", "rate_limits.verify_per_tenant"),
+    ("RL_TOKEN_PER_IP", "rate_limits.token_per_ip"),
+    ("RL_SESSIONS_PER_ISSUER", "rate_limits.sessions_per_issuer"),
+    ("RL_OVERRIDES_JSON", "rate_limits.overrides"),
 ];
 
 /// A configured secret: never printed by `Debug`.
@@ -120,6 +126,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub tenant_defaults: Policy,
+    pub rate_limits: crate::ratelimit::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +301,20 @@ mod tests {
         let figment =
             Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::default("tenant_defaults.stage_lead", "1s"));
         assert!(Settings::extract(figment).unwrap_err().to_string().contains("tenant_defaults"));
+    }
+
+    #[test]
+    fn rate_limits_come_from_rl_variables_including_json_overrides() {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Serialized::default("rate_limits.enabled", "false"))
+            .merge(Serialized::default("rate_limits.token_per_ip", "5/m"))
+            .merge(Serialized::default("rate_limits.overrides", r#"{"ip:10.0.0.7": "50000/s"}"#));
+        let s = Settings::extract(figment).unwrap();
+        assert!(!s.rate_limits.enabled);
+        assert_eq!(s.rate_limits.token_per_ip, "5/m".parse().unwrap());
+        assert_eq!(s.rate_limits.overrides["ip:10.0.0.7"], "50000/s".parse().unwrap());
+        let bad = Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::default("rate_limits.overrides", "[1]"));
+        assert!(Settings::extract(bad).unwrap_err().to_string().contains("rate_limits"));
     }
 
     #[test]

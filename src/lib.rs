@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 pub mod keyset;
 pub mod metrics;
+pub mod ratelimit;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -21,6 +21,7 @@ use crate::health::{self, Health};
 use crate::http::{self, AppState, HttpSettings};
 use crate::keyset::Registry;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::service::{
     AuditSink, KeyService, KeyServiceDeps, Notifier, Replicator, Rotator, ServiceSettings, SessionService, prune_loop,
 };
@@ -171,6 +172,7 @@ impl Application {
             }
             health.set_redis(state, &services.metrics);
         }
+        let limiter = Arc::new(RateLimiter::new(settings.rate_limits.clone()));
         let (audit, audit_writer) = AuditSink::new(Arc::clone(&services.store), Arc::clone(&services.metrics));
         let cache_control = format!("public, max-age={}", settings.jwks_max_age.as_secs());
         let state = AppState {
@@ -179,6 +181,7 @@ impl Application {
             verifier: Arc::clone(&services.verifier),
             metrics: Arc::clone(&services.metrics),
             health: Arc::clone(&health),
+            limiter: Arc::clone(&limiter),
             admin_secrets: Arc::new(admin_secrets),
             issuer_secrets: Arc::new(issuer_secrets),
             audit,
@@ -215,6 +218,7 @@ impl Application {
                 Arc::clone(&services.metrics),
                 settings.health_interval.as_std(),
             )),
+            tokio::spawn(prune_limits(Arc::clone(&limiter))),
             tokio::spawn(prune_loop(
                 Arc::clone(services.verifier.revocations()),
                 Arc::clone(&services.keys),
@@ -268,6 +272,15 @@ impl Application {
             task.abort();
         }
         result
+    }
+}
+
+/// Forgets idle rate-limit buckets every ten seconds.
+async fn prune_limits(limiter: Arc<RateLimiter>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        ticker.tick().await;
+        limiter.prune(std::time::Instant::now());
     }
 }
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod jwks;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
@@ -45,6 +46,7 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub limiter: Arc<crate::ratelimit::RateLimiter>,
     pub admin_secrets: Arc<SecretSet>,
     pub issuer_secrets: Arc<SecretSet>,
     pub audit: AuditSink,
@@ -95,10 +97,15 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(admin_audit::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin))
         .layer(admin_cors(&settings.allowed_origins));
+    // Route layers run outside-in in reverse order of addition: authentication first, then
+    // the per-issuer limit.
     let issuing = tokens::issuer_router()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::sessions))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_issuer))
-        .merge(tokens::public_router())
+        .merge(tokens::public_router().route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::token)))
         .layer(admin_cors(&settings.allowed_origins));
+    let verification =
+        verify::router().route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::verify));
     let public = jwks::router().layer(public_cors());
     let ops = ops::router().route("/openapi.json", get(openapi::document));
 
@@ -107,7 +114,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(public)
         .merge(admin)
         .merge(issuing)
-        .merge(verify::router())
+        .merge(verification)
         .merge(ops)
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed);

@@ -115,6 +115,13 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, ParseError> {
     let header_bytes = B64.decode(h).map_err(|_| ParseError::Base64)?;
     let payload = B64.decode(p).map_err(|_| ParseError::Base64)?;
     let signature = B64.decode(s).map_err(|_| ParseError::Base64)?;
+    // serde would also read a struct from a JSON array; JOSE requires objects.
+    if !is_object(&header_bytes) {
+        return Err(ParseError::Header);
+    }
+    if !is_object(&payload) {
+        return Err(ParseError::Payload);
+    }
     let header: RawHeader<'_> = serde_json::from_slice(&header_bytes).map_err(|_| ParseError::Header)?;
     if header.crit.is_some() {
         return Err(ParseError::Crit);
@@ -133,6 +140,10 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, ParseError> {
         signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         signature,
     })
+}
+
+fn is_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Signs `claims` (a JSON object) with `key`: header `alg`, `kid`, `typ`.
@@ -185,6 +196,8 @@ mod tests {
             (token(r#"{"kid":"k"}"#, r#"{"exp":1}"#), ParseError::Header),
             (token(r#"{"alg":5}"#, r#"{"exp":1}"#), ParseError::Header),
             (token(ok_header, "[]"), ParseError::Payload),
+            (token(ok_header, "[1, 2, 3, 4, 5, 6, 7, 8]"), ParseError::Payload),
+            (token(r#"["ES256"]"#, r#"{"exp":1}"#), ParseError::Header),
             (token(ok_header, r#"{"exp":"tomorrow"}"#), ParseError::Payload),
             (token(ok_header, r#"{"exp":1,"exp":2}"#), ParseError::Payload),
             (token(ok_header, r#"{"exp":1} trailing"#), ParseError::Payload),
