@@ -38,6 +38,7 @@ const ENV: &[(&str, &str)] = &[
     ("KEYWARD_HEALTH_INTERVAL", "health_interval"),
     ("KEYWARD_REFRESH_REUSE_GRACE", "refresh_reuse_grace"),
     ("KEYWARD_VERIFY_CACHE_ENTRIES", "verify_cache_entries"),
+    ("KEYWARD_TOKEN_LEDGER_RETENTION", "token_ledger_retention"),
     ("ALLOWED_ORIGINS", "allowed_origins"),
     ("KEYWARD_MAX_BODY_BYTES", "max_body_bytes"),
     ("KEYWARD_REQUEST_TIMEOUT", "request_timeout"),
@@ -117,6 +118,7 @@ pub struct Settings {
     pub refresh_reuse_grace: Period,
     #[serde(deserialize_with = "number")]
     pub verify_cache_entries: usize,
+    pub token_ledger_retention: Period,
     #[serde(deserialize_with = "comma_list")]
     pub allowed_origins: Vec<String>,
     #[serde(deserialize_with = "number")]

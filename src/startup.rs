@@ -101,7 +101,12 @@ impl Services {
         // Loads every live revocation before serving: a restarted replica rejects revoked
         // sessions from its first request.
         replicator.reconcile().await.context("loading revocations")?;
-        let rotator = Arc::new(Rotator::new(Arc::clone(&keys), replica, settings.rotation_interval.as_std()));
+        let rotator = Arc::new(Rotator::new(
+            Arc::clone(&keys),
+            replica,
+            settings.rotation_interval.as_std(),
+            settings.token_ledger_retention,
+        ));
         Ok(Services { backend, store, keys, sessions, verifier, replicator, rotator, fanout, metrics })
     }
 }

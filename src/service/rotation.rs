@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{KeyChange, KeyService, ServiceError};
-use crate::domain::{Actor, AuditEvent, EventKind, KeyState, TenantId, schedule};
+use crate::domain::{Actor, AuditEvent, EventKind, KeyState, Period, TenantId, schedule};
 use crate::store::SealedKind;
 
 /// The lease the rotation loop holds.
@@ -40,6 +40,10 @@ pub struct Rewrapped {
 
 pub struct Rotator {
     keys: Arc<KeyService>,
+    /// How long the ledger of issued access tokens keeps a token after it expired.
+    ledger_retention: time::Duration,
+    /// When this replica last purged expired rows (hourly is plenty).
+    last_purge: std::sync::Mutex<Option<time::OffsetDateTime>>,
     /// This replica's lease holder id.
     holder: String,
     /// How long a lease lasts without renewal: a few ticks, so a crashed leader is
@@ -48,9 +52,35 @@ pub struct Rotator {
 }
 
 impl Rotator {
-    pub fn new(keys: Arc<KeyService>, holder: String, interval: Duration) -> Rotator {
+    pub fn new(keys: Arc<KeyService>, holder: String, interval: Duration, ledger_retention: Period) -> Rotator {
         let lease = time::Duration::try_from(interval * 3).unwrap_or(time::Duration::minutes(5));
-        Rotator { keys, holder, lease }
+        Rotator {
+            keys,
+            ledger_retention: ledger_retention.as_duration(),
+            last_purge: std::sync::Mutex::new(None),
+            holder,
+            lease,
+        }
+    }
+
+    /// Deletes rows nothing can use any more, at most once an hour (by the leader).
+    async fn purge(&self, now: time::OffsetDateTime) -> Result<(), ServiceError> {
+        {
+            let last = self.last_purge.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| now - at < time::Duration::HOUR) {
+                return Ok(());
+            }
+        }
+        // A day of slack after expiry costs little and keeps recent history inspectable.
+        let purged = self.keys.store.purge(now - time::Duration::DAY, now - self.ledger_retention).await?;
+        *self.last_purge.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        tracing::info!(
+            refresh_tokens = purged.refresh_tokens,
+            revocations = purged.revocations,
+            access_tokens = purged.access_tokens,
+            "purged expired rows"
+        );
+        Ok(())
     }
 
     /// One pass over every tenant, if this replica holds (or can take) the lease.
@@ -60,6 +90,10 @@ impl Rotator {
             return Ok(Tick::default());
         }
         let mut tick = Tick { leader: true, ..Tick::default() };
+        if let Err(e) = self.purge(now).await {
+            self.keys.metrics.background_failures.with_label_values(&["purge"]).inc();
+            tracing::warn!(error = %e, "purging expired rows failed");
+        }
         for tenant in self.keys.store.list_tenants().await? {
             match self.keys.run_schedule(&tenant.id).await {
                 Ok(changes) => {

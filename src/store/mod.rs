@@ -149,6 +149,14 @@ pub struct SecretRotation {
     pub previous_kid: Option<String>,
 }
 
+/// What a housekeeping pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub refresh_tokens: u64,
+    pub revocations: u64,
+    pub access_tokens: u64,
+}
+
 /// Which table a sealed value lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealedKind {
@@ -383,6 +391,11 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+
+    /// Deletes refresh tokens that expired before `expired_before`, revocations that can no
+    /// longer match a token after it, and ledger entries of access tokens that expired before
+    /// `ledger_before`. Sessions and audit events are kept.
+    async fn purge(&self, expired_before: OffsetDateTime, ledger_before: OffsetDateTime) -> Result<Purged, StoreError>;
 
     /// Every sealed value (private keys and HS256 secrets).
     async fn sealed_items(&self) -> Result<Vec<SealedItem>, StoreError>;

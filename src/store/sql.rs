@@ -94,3 +94,8 @@ pub(super) const REWRAP_KEY: &str = "UPDATE keys SET kek_id = $3, wrapped_dek = 
     WHERE tenant_id = $1 AND kid = $2 AND kek_id = $5 AND wrapped_dek = $6";
 pub(super) const REWRAP_SECRET: &str = "UPDATE hmac_secrets SET kek_id = $3, wrapped_dek = $4 \
     WHERE tenant_id = $1 AND kid = $2 AND kek_id = $5 AND wrapped_dek = $6";
+
+/// Housekeeping, `$1` a cutoff time.
+pub(super) const PURGE_REFRESH: &str = "DELETE FROM refresh_tokens WHERE expires_at < $1";
+pub(super) const PURGE_REVOCATIONS: &str = "DELETE FROM revocations WHERE forget_after < $1";
+pub(super) const PURGE_ACCESS: &str = "DELETE FROM access_tokens WHERE expires_at < $1";

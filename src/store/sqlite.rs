@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 
 use super::rows::{self, AUDIT_COLUMNS, Columns, KEY_COLUMNS, SECRET_COLUMNS, SESSION_COLUMNS, TENANT_COLUMNS};
 use super::{
-    AuditRecord, IssuedAccess, KeyUsage, LoadedTenant, NewKey, NewRefresh, NewSecret, RefreshOutcome, RefreshRejection,
-    SealedItem, SealedKind, SecretRotation, SecretState, SessionRecord, SessionScope, Store, StoreError, StoredKey,
-    TenantVersion, sql,
+    AuditRecord, IssuedAccess, KeyUsage, LoadedTenant, NewKey, NewRefresh, NewSecret, Purged, RefreshOutcome,
+    RefreshRejection, SealedItem, SealedKind, SecretRotation, SecretState, SessionRecord, SessionScope, Store,
+    StoreError, StoredKey, TenantVersion, sql,
 };
 use crate::crypto::Sealed;
 use crate::domain::{Actor, AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
@@ -635,6 +635,18 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn purge(&self, expired_before: OffsetDateTime, ledger_before: OffsetDateTime) -> Result<Purged, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let refresh_tokens =
+            sqlx::query(sql::PURGE_REFRESH).bind(micros(expired_before)).execute(&mut *tx).await?.rows_affected();
+        let revocations =
+            sqlx::query(sql::PURGE_REVOCATIONS).bind(micros(expired_before)).execute(&mut *tx).await?.rows_affected();
+        let access_tokens =
+            sqlx::query(sql::PURGE_ACCESS).bind(micros(ledger_before)).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(Purged { refresh_tokens, revocations, access_tokens })
     }
 
     async fn sealed_items(&self) -> Result<Vec<SealedItem>, StoreError> {
