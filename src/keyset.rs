@@ -115,14 +115,15 @@ pub enum SnapshotError {
 }
 
 /// Publication order: the active key first, then staged (newest first), then retired
-/// (newest first). Stable, so equal sets give equal bytes and ETags.
-fn publication_rank(key: &Key) -> (u8, std::cmp::Reverse<time::OffsetDateTime>) {
+/// (newest first), kid breaking ties. A total order of the set alone, so equal sets give
+/// equal bytes and ETags whatever order the keys were loaded or created in.
+fn publication_rank(key: &Key) -> (u8, std::cmp::Reverse<time::OffsetDateTime>, &str) {
     let state = match key.state {
         KeyState::Active => 0,
         KeyState::Staged => 1,
         _ => 2,
     };
-    (state, std::cmp::Reverse(key.created_at))
+    (state, std::cmp::Reverse(key.created_at), key.kid.as_str())
 }
 
 impl TenantKeys {

@@ -20,8 +20,9 @@ use crate::token::cache::VerifiedCache;
 use super::notify::Notifier;
 
 /// How often a plan computed from data that changed underneath is recomputed before the
-/// caller gets a 409.
-const STALE_RETRIES: usize = 3;
+/// caller gets a 409. Each retry waits a little longer, with jitter, so a burst of
+/// concurrent calls on one tenant spreads out instead of colliding again.
+const STALE_RETRIES: u32 = 8;
 
 /// The settings the use cases depend on.
 #[derive(Debug, Clone)]
@@ -263,7 +264,8 @@ impl KeyService {
                     return Ok((loaded, changes));
                 }
                 Err(StoreError::Stale(stale)) if attempt < STALE_RETRIES => {
-                    tracing::info!(tenant = %tenant, kid = %stale.kid, "key plan was stale, recomputing");
+                    tracing::debug!(tenant = %tenant, kid = %stale.kid, attempt, "key plan was stale, recomputing");
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -283,6 +285,14 @@ impl KeyService {
             .map_err(|e| ServiceError::Internal(e.into()))?;
         Ok(NewKey { public: generated.public, sealed })
     }
+}
+
+/// 0–5 ms times the attempt number, from the clock's sub-millisecond noise (no need for a
+/// cryptographic generator to spread retries).
+fn backoff(attempt: u32) -> std::time::Duration {
+    let jitter =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % 5_000;
+    std::time::Duration::from_micros(u64::from(jitter) * u64::from(attempt))
 }
 
 pub(crate) fn keys_of(loaded: &LoadedTenant) -> Vec<Key> {

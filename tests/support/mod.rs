@@ -6,6 +6,7 @@
 //! directly for the few checks the `Store` trait cannot express.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod app;
 pub mod raw;
 
 use std::fmt::Write as _;
