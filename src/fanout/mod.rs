@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 pub use self::redis::RedisFanout;
@@ -62,9 +63,10 @@ pub trait Fanout: Send + Sync + 'static {
     /// Sends a notice to every replica. Best effort: the caller has already committed.
     async fn publish(&self, notice: &Notice) -> Result<(), FanoutError>;
 
-    /// Records a revoked session in the shared deny-list, expiring after `ttl`, for
-    /// consumers outside Keyward (e.g. a gateway that can read Redis).
-    async fn deny_session(&self, tenant: &TenantId, sid: &str, ttl: std::time::Duration) -> Result<(), FanoutError>;
+    /// Records a revocation in the shared deny-list, expiring when it can no longer match a
+    /// live token, for consumers outside Keyward (e.g. a gateway that can read Redis).
+    /// Repeatable: writing the same revocation again changes nothing.
+    async fn deny(&self, tenant: &TenantId, revocation: &Revocation, now: OffsetDateTime) -> Result<(), FanoutError>;
 
     async fn ping(&self) -> Result<(), FanoutError>;
 
@@ -100,7 +102,7 @@ impl Fanout for InProcessFanout {
         Ok(())
     }
 
-    async fn deny_session(&self, _: &TenantId, _: &str, _: std::time::Duration) -> Result<(), FanoutError> {
+    async fn deny(&self, _: &TenantId, _: &Revocation, _: OffsetDateTime) -> Result<(), FanoutError> {
         Ok(())
     }
 

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::{Event, Fanout, FanoutError, Notice};
 use crate::domain::TenantId;
+use crate::token::revocation::Revocation;
+use time::OffsetDateTime;
 
 /// Bound on every Redis command: an outage must not stall the caller.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
@@ -84,10 +86,16 @@ impl Fanout for RedisFanout {
         bounded(conn.publish::<_, _, usize>(&self.channel, payload)).await.map(|_| ())
     }
 
-    async fn deny_session(&self, tenant: &TenantId, sid: &str, ttl: Duration) -> Result<(), FanoutError> {
-        let key = format!("{}:revoked-session:{tenant}:{sid}", self.prefix);
+    async fn deny(&self, tenant: &TenantId, revocation: &Revocation, now: OffsetDateTime) -> Result<(), FanoutError> {
+        let Some((key, value, forget_after)) = deny_entry(&self.prefix, tenant, revocation) else {
+            return Ok(());
+        };
+        let ttl = (forget_after - now).whole_seconds();
+        if ttl <= 0 {
+            return Ok(());
+        }
         let mut conn = self.conn.clone();
-        bounded(conn.set_ex::<_, _, ()>(key, 1, ttl.as_secs().max(1))).await
+        bounded(conn.set_ex::<_, _, ()>(key, value, ttl.unsigned_abs())).await
     }
 
     async fn ping(&self) -> Result<(), FanoutError> {
@@ -98,6 +106,29 @@ impl Fanout for RedisFanout {
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
+}
+
+/// The deny-list key, its value and when it stops mattering. The layout is an interface
+/// for gateways (docs/ARCHITECTURE.md): a session is revoked if
+/// `<prefix>:revoked-session:<tenant>:<sid>` exists, or if it started before the RFC 3339
+/// time stored at `<prefix>:revoked-user:<tenant>:<user>` or `<prefix>:revoked-tenant:<tenant>`;
+/// an access token is revoked if `<prefix>:revoked-token:<tenant>:<jti>` exists.
+fn deny_entry(prefix: &str, tenant: &TenantId, r: &Revocation) -> Option<(String, String, OffsetDateTime)> {
+    let rfc3339 = |t: &OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).ok();
+    Some(match r {
+        Revocation::Session { sid, forget_after } => {
+            (format!("{prefix}:revoked-session:{tenant}:{sid}"), "1".into(), *forget_after)
+        }
+        Revocation::Token { jti, forget_after } => {
+            (format!("{prefix}:revoked-token:{tenant}:{jti}"), "1".into(), *forget_after)
+        }
+        Revocation::User { user_id, cutoff, forget_after } => {
+            (format!("{prefix}:revoked-user:{tenant}:{user_id}"), rfc3339(cutoff)?, *forget_after)
+        }
+        Revocation::Tenant { cutoff, forget_after } => {
+            (format!("{prefix}:revoked-tenant:{tenant}"), rfc3339(cutoff)?, *forget_after)
+        }
+    })
 }
 
 /// Keeps one subscription alive for the life of the fan-out.

@@ -33,15 +33,17 @@ impl Notifier {
         self.publish(tenant, Change::Keys { version }).await;
     }
 
-    pub async fn revoked(&self, tenant: &TenantId, revocation: &Revocation) {
-        if let Revocation::Session { sid, forget_after } = revocation {
-            let ttl = (*forget_after - time::OffsetDateTime::now_utc()).max(time::Duration::SECOND);
-            let ttl = std::time::Duration::try_from(ttl).unwrap_or(std::time::Duration::from_secs(1));
-            if let Err(e) = self.fanout.deny_session(tenant, sid, ttl).await {
-                self.failed("deny_session", &e.to_string());
-            }
-        }
+    pub async fn revoked(&self, tenant: &TenantId, revocation: &Revocation, now: time::OffsetDateTime) {
+        self.deny(tenant, revocation, now).await;
         self.publish(tenant, Change::Revoked { revocation: revocation.clone() }).await;
+    }
+
+    /// Writes the revocation to the shared deny-list (also used to repair it after Redis
+    /// was unreachable or restarted empty).
+    pub async fn deny(&self, tenant: &TenantId, revocation: &Revocation, now: time::OffsetDateTime) {
+        if let Err(e) = self.fanout.deny(tenant, revocation, now).await {
+            self.failed("deny", &e.to_string());
+        }
     }
 
     async fn publish(&self, tenant: &TenantId, change: Change) {

@@ -84,7 +84,42 @@ impl Replicator {
             Event::Notice(Notice { tenant, change: Change::Revoked { revocation }, .. }) => {
                 self.revocations.apply(&tenant, revocation);
             }
-            Event::Resubscribed => self.reconcile_logged().await,
+            Event::Resubscribed => {
+                self.reconcile_logged().await;
+                self.repair_deny_list().await;
+            }
+        }
+    }
+
+    /// Writes every live revocation to the shared deny-list again: Redis may have been
+    /// unreachable when some were made, or restarted without them. Every replica does this
+    /// when its subscription comes back; the writes are idempotent.
+    async fn repair_deny_list(&self) {
+        if !self.fanout.is_shared() {
+            return;
+        }
+        let now = self.keys.now();
+        let tenants = match self.keys.store.tenant_versions().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not repair the deny-list");
+                return;
+            }
+        };
+        let mut written = 0;
+        for v in tenants {
+            match self.keys.store.live_revocations(&v.id, now).await {
+                Ok(all) => {
+                    for r in &all {
+                        self.keys.notifier.deny(&v.id, r, now).await;
+                        written += 1;
+                    }
+                }
+                Err(e) => tracing::warn!(tenant = %v.id, error = %e, "could not repair the deny-list"),
+            }
+        }
+        if written > 0 {
+            tracing::info!(entries = written, "rewrote the shared deny-list");
         }
     }
 

@@ -67,7 +67,7 @@ impl SessionService {
     pub(super) async fn applied(&self, tenant: &TenantId, revocation: Revocation) {
         self.revocations.apply(tenant, revocation.clone());
         self.keys.metrics.revocations.with_label_values(&[tenant.as_str(), revocation.kind()]).inc();
-        self.keys.notifier.revoked(tenant, &revocation).await;
+        self.keys.notifier.revoked(tenant, &revocation, self.keys.now()).await;
     }
 
     fn leeway(&self) -> time::Duration {

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod raw;
+pub mod replicas;
 
 use std::fmt::Write as _;
 
