@@ -21,7 +21,7 @@ fn from_json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-fn from_bytes_rejection(rejection: BytesRejection) -> ApiError {
+pub(crate) fn from_bytes_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
     } else {
@@ -73,6 +73,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map_err(|e: QueryRejection| ApiError::invalid(format!("invalid query string: {}", e.body_text())))?;
         Ok(ApiQuery(value))
+    }
+}
+
+/// The raw body, with the limit and read errors in the contract's shape (for handlers that
+/// parse the body themselves).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(from_bytes_rejection)
     }
 }
 

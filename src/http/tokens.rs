@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, tenant_id};
+use super::extract::{ApiJson, RawBody, tenant_id};
 use crate::domain::Actor;
 use crate::service::{GrantError, IssuedTokens, RefreshError, SessionRequest};
 
@@ -157,7 +157,7 @@ pub(crate) async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_id(&tenant)?;
     let request = match parse_token_request(&headers, &body) {

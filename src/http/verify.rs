@@ -7,13 +7,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Form, Json, Router};
-use bytes::Bytes;
+use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::tenant_id;
+use super::extract::{RawBody, tenant_id};
 use crate::token::{Reason, VerifyError};
 
 pub fn router() -> Router<AppState> {
@@ -64,6 +63,12 @@ fn is_json(headers: &HeaderMap) -> bool {
     })
 }
 
+fn is_form(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
+}
+
 fn rejected(reason: Reason) -> Response {
     let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.as_str());
     let mut response =
@@ -84,7 +89,7 @@ pub(crate) async fn verify(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_id(&tenant)?;
     let request = if body.iter().all(u8::is_ascii_whitespace) {
@@ -134,18 +139,22 @@ pub struct IntrospectRequest {
 pub(crate) async fn introspect(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
-    form: Result<Form<IntrospectRequest>, axum::extract::rejection::FormRejection>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_id(&tenant)?;
-    let Form(request) = form.map_err(|e| match e {
-        axum::extract::rejection::FormRejection::InvalidFormContentType(_) => {
-            ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as application/x-www-form-urlencoded")
-        }
-        e if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
-        }
-        _ => ApiError::invalid("the body must be a form with a `token` field"),
-    })?;
+    // No body at all is simply no token: inactive, like any other token that does not verify.
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        IntrospectRequest { token: None, token_type_hint: None }
+    } else if !is_form(&headers) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as application/x-www-form-urlencoded",
+        ));
+    } else {
+        serde_urlencoded::from_bytes(&body)
+            .map_err(|_| ApiError::invalid("the body must be a form with a `token` field"))?
+    };
     let inactive = || Json(serde_json::json!({ "active": false })).into_response();
     let Some(token) = request.token.filter(|t| !t.is_empty()) else {
         return Ok(inactive());

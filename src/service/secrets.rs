@@ -15,10 +15,7 @@ use super::{KeyService, ServiceError};
 use crate::config::Secret;
 use crate::domain::{Actor, AuditEvent, EventKind, TenantId};
 use crate::keyset::secret_owner;
-use crate::store::{NewSecret, SecretState};
-
-/// A decrypted stored secret and its `not_after`.
-type Plain = (Zeroizing<Vec<u8>>, Option<OffsetDateTime>);
+use crate::store::NewSecret;
 
 /// Shortest accepted secret, in bytes (RFC 7518 3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -102,8 +99,11 @@ impl KeyService {
         })
     }
 
-    /// Makes the tenant's secrets match JWT_SECRET / JWT_SECRET_OLD. Idempotent: nothing
-    /// is written when the stored secrets already are these.
+    /// Installs JWT_SECRET / JWT_SECRET_OLD when those settings changed since they were last
+    /// applied. The kids they were installed under are kept in `meta` (never a digest of a
+    /// secret: that would allow guessing it offline), and "unchanged" means those stored
+    /// secrets decrypt to exactly these settings. So a restart with unchanged settings never
+    /// undoes a rotation made through the API since; changing the settings takes over again.
     pub async fn seed_secrets(
         &self,
         tenant: &TenantId,
@@ -115,29 +115,12 @@ impl KeyService {
         if let Some(p) = previous {
             check_secret(p.expose())?;
         }
-        let loaded = self.store.load_tenant(tenant).await?.ok_or(ServiceError::NotFound("tenant"))?;
-        let stored = |state: SecretState| -> Result<Option<Plain>, ServiceError> {
-            loaded
-                .secrets
-                .iter()
-                .find(|s| s.state == state)
-                .map(|s| {
-                    let plain = self.master.open(&s.sealed, secret_owner(tenant, &s.kid)).map_err(|e| {
-                        ServiceError::Internal(anyhow::anyhow!("cannot decrypt HS256 secret {}: {e}", s.kid))
-                    })?;
-                    Ok((plain, s.not_after))
-                })
-                .transpose()
-        };
-        let same = |stored: &Option<Plain>, wanted: Option<&Secret>, until| match (stored, wanted) {
-            (None, None) => true,
-            (Some((bytes, not_after)), Some(w)) => {
-                bool::from(bytes.as_slice().ct_eq(w.expose().as_bytes())) && *not_after == until
-            }
-            _ => false,
-        };
-        if same(&stored(SecretState::Current)?, Some(current), None)
-            && same(&stored(SecretState::Previous)?, previous, previous_not_after)
+        let meta_key = format!("jwt_secret_seed:{tenant}");
+        let recorded = self.store.get_meta(&meta_key).await?.and_then(|text| serde_json::from_str::<Seed>(&text).ok());
+        if let Some(seed) = recorded
+            && seed.not_after == previous_not_after.map(OffsetDateTime::unix_timestamp_nanos)
+            && self.stored_secret_is(tenant, Some(&seed.current), Some(current)).await?
+            && self.stored_secret_is(tenant, seed.previous.as_deref(), previous).await?
         {
             return Ok(false);
         }
@@ -147,16 +130,44 @@ impl KeyService {
         let event = AuditEvent::new(EventKind::SecretRotated, Some(tenant), &Actor::system("config"), now)
             .kid(new_current.kid.clone())
             .detail(serde_json::json!({ "source": "JWT_SECRET", "previous": new_previous.as_ref().map(|p| &p.kid) }));
-        self.store
-            .replace_secrets(
-                tenant,
-                &new_current,
-                new_previous.as_ref().map(|p| (p, previous_not_after)),
-                now,
-                &[event],
-            )
-            .await?;
+        let previous_pair = new_previous.as_ref().map(|p| (p, previous_not_after));
+        self.store.replace_secrets(tenant, &new_current, previous_pair, now, &[event]).await?;
+        let seed = Seed {
+            current: new_current.kid.clone(),
+            previous: new_previous.map(|p| p.kid),
+            not_after: previous_not_after.map(OffsetDateTime::unix_timestamp_nanos),
+        };
+        self.store.set_meta(&meta_key, &serde_json::to_string(&seed).unwrap_or_default()).await?;
         self.reload_and_notify(tenant).await?;
         Ok(true)
     }
+
+    /// Whether the stored secret `kid` (in any state) is exactly `wanted`; both absent is true.
+    async fn stored_secret_is(
+        &self,
+        tenant: &TenantId,
+        kid: Option<&str>,
+        wanted: Option<&Secret>,
+    ) -> Result<bool, ServiceError> {
+        let (Some(kid), Some(wanted)) = (kid, wanted) else {
+            return Ok(kid.is_none() && wanted.is_none());
+        };
+        let Some(stored) = self.store.secret(tenant, kid).await? else {
+            return Ok(false);
+        };
+        let plain = self
+            .master
+            .open(&stored.sealed, secret_owner(tenant, kid))
+            .map_err(|e| ServiceError::Internal(anyhow::anyhow!("cannot decrypt HS256 secret {kid}: {e}")))?;
+        Ok(bool::from(plain.as_slice().ct_eq(wanted.expose().as_bytes())))
+    }
+}
+
+/// What JWT_SECRET / JWT_SECRET_OLD were last installed as.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Seed {
+    current: String,
+    previous: Option<String>,
+    /// JWT_SECRET_OLD_NOT_AFTER in Unix nanoseconds.
+    not_after: Option<i128>,
 }

@@ -242,6 +242,9 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts `key` unless present; returns whether this call inserted it.
     async fn insert_meta(&self, key: &str, value: &str) -> Result<bool, StoreError>;
 
+    /// Inserts or replaces `key`.
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
     /// Creates the tenant and applies `plan` (which brings its first active key) at
     /// `now`. [`StoreError::Conflict`] if the id exists.
     async fn create_tenant(
@@ -311,6 +314,9 @@ pub trait Store: Send + Sync + 'static {
         actor: &Actor,
         forget_after: OffsetDateTime,
     ) -> Result<RefreshOutcome, StoreError>;
+
+    /// One HS256 secret of the tenant, in any state.
+    async fn secret(&self, tenant: &TenantId, kid: &str) -> Result<Option<StoredSecret>, StoreError>;
 
     /// The current secret becomes previous (verifying until `previous_not_after`), the
     /// previous one retires, and `new` becomes current.

@@ -99,3 +99,6 @@ pub(super) const REWRAP_SECRET: &str = "UPDATE hmac_secrets SET kek_id = $3, wra
 pub(super) const PURGE_REFRESH: &str = "DELETE FROM refresh_tokens WHERE expires_at < $1";
 pub(super) const PURGE_REVOCATIONS: &str = "DELETE FROM revocations WHERE forget_after < $1";
 pub(super) const PURGE_ACCESS: &str = "DELETE FROM access_tokens WHERE expires_at < $1";
+
+pub(super) const SET_META: &str =
+    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";

@@ -16,7 +16,7 @@ use super::rows::{self, AUDIT_COLUMNS, Columns, KEY_COLUMNS, SECRET_COLUMNS, SES
 use super::{
     AuditRecord, IssuedAccess, KeyUsage, LoadedTenant, NewKey, NewRefresh, NewSecret, Purged, RefreshOutcome,
     RefreshRejection, SealedItem, SealedKind, SecretRotation, SecretState, SessionRecord, SessionScope, Store,
-    StoreError, StoredKey, TenantVersion, sql,
+    StoreError, StoredKey, StoredSecret, TenantVersion, sql,
 };
 use crate::crypto::Sealed;
 use crate::domain::{Actor, AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
@@ -256,6 +256,11 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(sql::SET_META).bind(key).bind(value).execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn create_tenant(
         &self,
         tenant: &Tenant,
@@ -462,6 +467,13 @@ impl Store for SqliteStore {
         insert_events(&mut tx, &[rows::refreshed_event(&session, actor, access)]).await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Rotated(session))
+    }
+
+    async fn secret(&self, tenant: &TenantId, kid: &str) -> Result<Option<StoredSecret>, StoreError> {
+        let sql = format!("SELECT {SECRET_COLUMNS} FROM hmac_secrets WHERE tenant_id = $1 AND kid = $2");
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant.as_str()).bind(kid).fetch_optional(&self.pool).await?;
+        row.as_ref().map(rows::stored_secret).transpose()
     }
 
     async fn rotate_secret(

@@ -127,6 +127,12 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, ParseError> {
         return Err(ParseError::Crit);
     }
     let claims: UnverifiedClaims = serde_json::from_slice(&payload).map_err(|_| ParseError::Payload)?;
+    // Unknown members are skipped by the typed parse above, unchecked. A lone surrogate
+    // escape in one would be valid to some parsers and not to others; the payload is
+    // returned to callers as is, so it must be valid JSON text for every reader.
+    if has_lone_surrogate(&payload) {
+        return Err(ParseError::Payload);
+    }
     match claims.exp {
         None => return Err(ParseError::MissingExp),
         Some(exp) if !exp.is_finite() => return Err(ParseError::Payload),
@@ -140,6 +146,41 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, ParseError> {
         signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         signature,
     })
+}
+
+/// Whether JSON text contains a `\uD800`–`\uDFFF` escape that is not part of a
+/// high-low surrogate pair. One pass; backslashes only occur inside strings.
+fn has_lone_surrogate(json: &[u8]) -> bool {
+    let hex4 = |at: usize| -> Option<u16> {
+        let digits = json.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if json.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let Some(unit) = hex4(i + 2) else { return true };
+        i += 6;
+        match unit {
+            0xD800..=0xDBFF => {
+                let low =
+                    (json.get(i) == Some(&b'\\') && json.get(i + 1) == Some(&b'u')).then(|| hex4(i + 2)).flatten();
+                if !low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) {
+                    return true;
+                }
+                i += 6;
+            }
+            0xDC00..=0xDFFF => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 fn is_object(json: &[u8]) -> bool {
@@ -197,6 +238,9 @@ mod tests {
             (token(r#"{"alg":5}"#, r#"{"exp":1}"#), ParseError::Header),
             (token(ok_header, "[]"), ParseError::Payload),
             (token(ok_header, "[1, 2, 3, 4, 5, 6, 7, 8]"), ParseError::Payload),
+            (token(ok_header, r#"{"exp":1,"x":"\ud800"}"#), ParseError::Payload),
+            (token(ok_header, r#"{"exp":1,"x":"\udc00\ud800"}"#), ParseError::Payload),
+            (token(ok_header, r#"{"exp":1,"x":"\ud800\u0041"}"#), ParseError::Payload),
             (token(r#"["ES256"]"#, r#"{"exp":1}"#), ParseError::Header),
             (token(ok_header, r#"{"exp":"tomorrow"}"#), ParseError::Payload),
             (token(ok_header, r#"{"exp":1,"exp":2}"#), ParseError::Payload),
@@ -207,6 +251,14 @@ mod tests {
         for (t, expected) in cases {
             assert_eq!(parse(&t).unwrap_err(), expected, "token {t}");
         }
+    }
+
+    #[test]
+    fn paired_surrogates_and_escaped_backslashes_are_fine() {
+        assert!(!has_lone_surrogate(br#"{"x":"\ud83d\ude00"}"#));
+        assert!(!has_lone_surrogate(br#"{"x":"\\ud800"}"#), "an escaped backslash, then text");
+        assert!(!has_lone_surrogate(br#"{"x":"\u00e9\n"}"#));
+        assert!(has_lone_surrogate(br#"{"x":"\ud83d"}"#));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use verify::Checked;
 use crate::clock::Clock;
 use crate::domain::Period;
 use crate::keyset::Registry;
-use crate::metrics::{Metrics, UNKNOWN_TENANT};
+use crate::metrics::Metrics;
 use cache::VerifiedCache;
 use revocation::Revocations;
 use verify::{Rules, check, check_claims};
@@ -67,17 +67,20 @@ impl Verifier {
         let started = Instant::now();
         let result = self.verify_uncounted(tenant, token, audience);
         self.metrics.verify_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
-        let (label, outcome) = match &result {
+        // An unknown tenant is a 404, not a verdict on a token: the HTTP metrics count it.
+        let outcome = match &result {
             Ok((_, fallback)) => {
                 if *fallback {
                     self.metrics.secret_fallback.with_label_values(&[tenant]).inc();
                 }
-                (tenant, "ok")
+                Some("ok")
             }
-            Err(VerifyError::UnknownTenant) => (UNKNOWN_TENANT, "unknown_tenant"),
-            Err(VerifyError::Rejected(reason)) => (tenant, reason.as_str()),
+            Err(VerifyError::UnknownTenant) => None,
+            Err(VerifyError::Rejected(reason)) => Some(reason.as_str()),
         };
-        self.metrics.verify_total.with_label_values(&[label, outcome]).inc();
+        if let Some(outcome) = outcome {
+            self.metrics.verify_total.with_label_values(&[tenant, outcome]).inc();
+        }
         result.map(|(checked, _)| checked)
     }
 

@@ -111,7 +111,8 @@ fn candidate<'s>(snapshot: &'s TenantKeys, alg: &str, kid: Option<&str>) -> Resu
             None => Err(Reason::UnknownKid),
         };
     }
-    if alg != HS256 {
+    // A tenant without shared secrets does not accept HS256 at all, whatever the kid says.
+    if alg != HS256 || snapshot.hmac.is_empty() {
         return Err(Reason::UnsupportedAlg);
     }
     match kid {
@@ -120,8 +121,6 @@ fn candidate<'s>(snapshot: &'s TenantKeys, alg: &str, kid: Option<&str>) -> Resu
             None if snapshot.keys.contains_key(kid) => Err(Reason::UnsupportedAlg),
             None => Err(Reason::UnknownKid),
         },
-        // A tenant without shared secrets does not accept HS256 at all.
-        None if snapshot.hmac.is_empty() => Err(Reason::UnsupportedAlg),
         None => Ok(Candidate::AnySecret),
     }
 }
