@@ -127,8 +127,9 @@ fn publication_rank(key: &Key) -> (u8, std::cmp::Reverse<time::OffsetDateTime>, 
 }
 
 impl TenantKeys {
-    /// Builds the snapshot, decrypting the active key. A key that cannot be decrypted or
-    /// does not match its public half is an error: never serve or sign with garbage.
+    /// Builds the snapshot, decrypting the active key (and checking that staged keys
+    /// decrypt). A key that cannot be decrypted or does not match its public half is an
+    /// error: never serve or sign with garbage.
     pub fn build(loaded: LoadedTenant, master: &MasterKeys) -> Result<TenantKeys, SnapshotError> {
         let LoadedTenant { tenant, version, keys: stored, secrets } = loaded;
         let mut hmac = secrets
@@ -153,8 +154,14 @@ impl TenantKeys {
         let jwks = Jwks::build(&published.iter().map(|k| &k.public).collect::<Vec<_>>());
 
         let mut signer = None;
-        if let Some(active) = stored.iter().find(|k| k.meta.state == KeyState::Active) {
-            signer = Some(Arc::new(unseal_signer(&tenant.id, active, master)?));
+        for key in &stored {
+            match key.meta.state {
+                KeyState::Active => signer = Some(Arc::new(unseal_signer(&tenant.id, key, master)?)),
+                // A staged key will sign one day: a replica that cannot open it must say so
+                // now, not when the schedule activates it.
+                KeyState::Staged => drop(unseal_signer(&tenant.id, key, master)?),
+                _ => {}
+            }
         }
         let keys = stored
             .into_iter()

@@ -112,10 +112,15 @@ impl KeyService {
 
     /// Installs a change made here and tells the other replicas.
     pub(super) async fn install_and_notify(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {
-        let (tenant, version) = (loaded.tenant.id.clone(), loaded.version);
-        self.install(loaded)?;
-        self.notifier.keys_changed(&tenant, version).await;
+        let snapshot = TenantKeys::build(loaded, &self.master)?;
+        self.install_built_and_notify(snapshot).await;
         Ok(())
+    }
+
+    async fn install_built_and_notify(&self, snapshot: TenantKeys) {
+        let (tenant, version) = (snapshot.tenant.id.clone(), snapshot.version);
+        self.install_built(snapshot);
+        self.notifier.keys_changed(&tenant, version).await;
     }
 
     /// Rebuilds a tenant from the database after a change made here, and tells the others.
@@ -125,7 +130,11 @@ impl KeyService {
     }
 
     pub(super) fn install(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {
-        let snapshot = TenantKeys::build(loaded, &self.master)?;
+        self.install_built(TenantKeys::build(loaded, &self.master)?);
+        Ok(())
+    }
+
+    fn install_built(&self, snapshot: TenantKeys) {
         let tenant = snapshot.tenant.id.clone();
         let revoked: Vec<String> = match self.registry.get(tenant.as_str()) {
             Some(before) => snapshot.newly_revoked(&before).map(str::to_owned).collect(),
@@ -135,7 +144,6 @@ impl KeyService {
         for kid in revoked {
             self.cache.forget_kid(tenant.as_str(), &kid);
         }
-        Ok(())
     }
 
     pub async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<KeyView>, ServiceError> {
@@ -257,10 +265,14 @@ impl KeyService {
             };
             let changes = resolve(&plan, fresh.as_ref());
             let events = audit_events(tenant, actor, now, &changes, fresh.as_ref(), &detail);
-            match self.store.apply_plan(tenant, loaded.version, &plan, fresh.as_ref(), now, &events).await {
+            // The state after the plan, built (and its keys decrypted) before anything is
+            // committed: a key this replica cannot open must never become active.
+            let version = loaded.version;
+            apply_locally(&mut loaded, &plan, fresh.clone(), now)?;
+            let snapshot = TenantKeys::build(loaded.clone(), &self.master)?;
+            match self.store.apply_plan(tenant, version, &plan, fresh.as_ref(), now, &events).await {
                 Ok(()) => {
-                    apply_locally(&mut loaded, &plan, fresh, now)?;
-                    self.install_and_notify(loaded.clone()).await?;
+                    self.install_built_and_notify(snapshot).await;
                     return Ok((loaded, changes));
                 }
                 Err(StoreError::Stale(stale)) if attempt < STALE_RETRIES => {

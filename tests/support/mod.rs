@@ -9,6 +9,7 @@
 pub mod app;
 pub mod raw;
 pub mod replicas;
+pub mod rotation;
 pub mod tokens;
 
 use std::fmt::Write as _;
