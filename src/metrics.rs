@@ -18,6 +18,9 @@ pub struct Metrics {
     pub verify_total: IntCounterVec,
     /// Time spent verifying one token (hot path only, no HTTP).
     pub verify_duration: HistogramVec,
+    /// Verified-token cache lookups by result (`hit`, `miss`): a low hit rate with many
+    /// repeated tokens means `verify_cache_entries` is too small.
+    pub verify_cache: IntCounterVec,
     /// JWKS requests by tenant and HTTP status (200, 304, 404).
     pub jwks_requests: IntCounterVec,
     /// Keys per tenant and state, as of the last scrape.
@@ -86,6 +89,7 @@ impl Metrics {
                 &[],
                 verify_buckets,
             ),
+            verify_cache: counter(&r, "keyward_verify_cache_total", "Verified-token cache lookups", &["result"]),
             jwks_requests: counter(&r, "keyward_jwks_requests_total", "JWKS requests", &["tenant", "status"]),
             keys: gauge_vec(&r, "keyward_keys", "Keys by state", &["tenant", "state"]),
             active_key_age: gauge_vec(

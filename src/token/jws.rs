@@ -49,11 +49,42 @@ struct RawHeader<'a> {
 }
 
 /// `aud`: one string or an array of strings (RFC 7519 4.1.3).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
     One(String),
     Many(Vec<String>),
+}
+
+/// A direct visitor: `#[serde(untagged)]` would buffer the value and try each variant,
+/// which costs noticeably on the verification hot path.
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Audience;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Audience, E> {
+                Ok(Audience::One(v.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Audience, E> {
+                Ok(Audience::One(v))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
+                let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(16));
+                while let Some(a) = seq.next_element::<String>()? {
+                    all.push(a);
+                }
+                Ok(Audience::Many(all))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Audience {
@@ -151,6 +182,10 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, ParseError> {
 /// Whether JSON text contains a `\uD800`–`\uDFFF` escape that is not part of a
 /// high-low surrogate pair. One pass; backslashes only occur inside strings.
 fn has_lone_surrogate(json: &[u8]) -> bool {
+    // Almost every payload has no escape at all.
+    if !json.contains(&b'\\') {
+        return false;
+    }
     let hex4 = |at: usize| -> Option<u16> {
         let digits = json.get(at..at + 4)?;
         u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
@@ -219,6 +254,8 @@ mod tests {
         assert_eq!(parsed.kid.as_deref(), Some("k1"));
         assert_eq!(parsed.claims.exp, Some(10.0));
         assert!(parsed.claims.aud.as_ref().unwrap().contains("b"));
+        let single = token(r#"{"alg":"ES256"}"#, r#"{"exp":1,"aud":"api"}"#);
+        assert_eq!(parse(&single).unwrap().claims.aud, Some(Audience::One("api".into())));
         assert_eq!(parsed.signature, b"sig");
         assert_eq!(parsed.signing_input, t.rsplit_once('.').unwrap().0.as_bytes());
     }
@@ -243,6 +280,8 @@ mod tests {
             (token(ok_header, r#"{"exp":1,"x":"\ud800\u0041"}"#), ParseError::Payload),
             (token(r#"["ES256"]"#, r#"{"exp":1}"#), ParseError::Header),
             (token(ok_header, r#"{"exp":"tomorrow"}"#), ParseError::Payload),
+            (token(ok_header, r#"{"exp":1,"aud":5}"#), ParseError::Payload),
+            (token(ok_header, r#"{"exp":1,"aud":["a",5]}"#), ParseError::Payload),
             (token(ok_header, r#"{"exp":1,"exp":2}"#), ParseError::Payload),
             (token(ok_header, r#"{"exp":1} trailing"#), ParseError::Payload),
             (token(ok_header, r#"{"sub":"u"}"#), ParseError::MissingExp),
