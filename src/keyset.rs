@@ -263,3 +263,120 @@ impl TenantKeys {
             .map(|k| k.meta.kid.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::crypto::generate;
+    use crate::domain::{Period, Plan, Policy, SigningAlg, activate, revoke, rotate, schedule, stage};
+
+    const T0: time::OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+    fn policy() -> Policy {
+        let p = |s: &str| s.parse::<Period>().unwrap();
+        Policy {
+            signing_alg: SigningAlg::Es256,
+            rotation_period: p("90d"),
+            overlap: p("7d"),
+            stage_lead: p("2d"),
+            access_token_ttl: p("15m"),
+            refresh_token_ttl: p("30d"),
+        }
+    }
+
+    fn tenant() -> Tenant {
+        Tenant {
+            id: TenantId::parse("acme").unwrap(),
+            issuer: "https://issuer.test".into(),
+            audiences: vec!["api".into()],
+            policy: policy(),
+            created_at: T0,
+            updated_at: T0,
+        }
+    }
+
+    /// Applies `plan` to the stored keys as the store would, generating the fresh key.
+    fn apply(keys: &mut Vec<StoredKey>, plan: &Plan, now: time::OffsetDateTime, master: &MasterKeys, id: &TenantId) {
+        let fresh = plan.fresh.map(|alg| {
+            let g = generate(alg).unwrap();
+            let sealed = master.seal(g.private.as_bytes(), key_owner(id, &g.public.kid)).unwrap();
+            StoredKey { meta: Key::new_staged(g.public.kid.clone(), alg, now), public: g.public, sealed }
+        });
+        let mut metas: Vec<Key> = keys.iter().map(|k| k.meta.clone()).collect();
+        plan.apply(&mut metas, now, fresh.as_ref().map(|f| f.meta.kid.as_str())).unwrap();
+        keys.extend(fresh);
+        for k in keys.iter_mut() {
+            k.meta = metas.iter().find(|m| m.kid == k.meta.kid).unwrap().clone();
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Stage,
+        Activate(usize),
+        Rotate(bool),
+        Revoke(Option<usize>),
+        Days(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::Stage),
+            (0usize..6).prop_map(Op::Activate),
+            any::<bool>().prop_map(Op::Rotate),
+            proptest::option::of(0usize..6).prop_map(Op::Revoke),
+            (1u8..120).prop_map(Op::Days),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// After any sequence of lifecycle operations, the published JWKS holds the active
+        /// key and never a revoked or expired key, and the snapshot signs with the one
+        /// active key.
+        #[test]
+        fn jwks_invariants_hold_after_any_sequence(ops in proptest::collection::vec(op(), 1..25)) {
+            let master = MasterKeys::parse(&MasterKeys::generate_spec("k").unwrap()).unwrap();
+            let id = tenant().id;
+            let pol = policy();
+            let mut keys = Vec::new();
+            let mut now = T0;
+            apply(&mut keys, &rotate(&[], SigningAlg::Es256, false), now, &master, &id);
+            for (version, op) in ops.into_iter().enumerate() {
+                let metas: Vec<Key> = keys.iter().map(|k| k.meta.clone()).collect();
+                let kid = |i: usize| metas[i % metas.len()].kid.clone();
+                let plan = match op {
+                    Op::Stage => Some(stage(SigningAlg::Es256)),
+                    Op::Activate(i) => activate(&metas, &kid(i), now, pol.stage_lead, true).ok(),
+                    Op::Rotate(emergency) => Some(rotate(&metas, SigningAlg::Es256, emergency)),
+                    Op::Revoke(i) => revoke(&metas, i.map(kid).as_deref(), SigningAlg::Es256).ok(),
+                    Op::Days(d) => {
+                        now += time::Duration::days(i64::from(d));
+                        Some(schedule(&metas, &pol, now, Period::from_secs(30)))
+                    }
+                };
+                if let Some(plan) = plan {
+                    apply(&mut keys, &plan, now, &master, &id);
+                }
+                let loaded = LoadedTenant { tenant: tenant(), version: version as i64, keys: keys.clone(), secrets: Vec::new() };
+                let snapshot = TenantKeys::build(loaded, &master).unwrap();
+                let jwks: serde_json::Value = serde_json::from_slice(&snapshot.jwks.body).unwrap();
+                let published: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+                let active: Vec<&Key> = keys.iter().map(|k| &k.meta).filter(|m| m.state == KeyState::Active).collect();
+                prop_assert_eq!(active.len(), 1);
+                prop_assert!(published.contains(&active[0].kid.as_str()), "active key published");
+                prop_assert_eq!(snapshot.active_kid(), Some(active[0].kid.as_str()));
+                for k in &keys {
+                    if matches!(k.meta.state, KeyState::Revoked | KeyState::Expired) {
+                        prop_assert!(!published.contains(&k.meta.kid.as_str()), "{} key published", k.meta.state.as_str());
+                    }
+                }
+                prop_assert!(jwks["keys"].as_array().unwrap().iter().all(|k| k.get("d").is_none() && k["kty"] != "oct"));
+            }
+        }
+    }
+}
