@@ -210,6 +210,23 @@ async fn insert_revocation(
     Ok(())
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, <sqlx::Postgres as sqlx::Database>::Arguments>;
+
+/// Binds `$1`..`$9` of a tenant insert or update: id, issuer, audiences and the policy.
+fn bind_tenant<'q>(query: Query<'q>, tenant: &'q Tenant) -> Query<'q> {
+    let p = &tenant.policy;
+    query
+        .bind(tenant.id.as_str())
+        .bind(&tenant.issuer)
+        .bind(rows::audiences_json(tenant))
+        .bind(p.signing_alg.as_str())
+        .bind(rows::period_i64(p.rotation_period))
+        .bind(rows::period_i64(p.overlap))
+        .bind(rows::period_i64(p.stage_lead))
+        .bind(rows::period_i64(p.access_token_ttl))
+        .bind(rows::period_i64(p.refresh_token_ttl))
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -253,29 +270,17 @@ impl Store for PgStore {
         events: &[AuditEvent],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let p = &tenant.policy;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO tenants (id, issuer, audiences, signing_alg, rotation_period_s, overlap_s, stage_lead_s, \
              access_token_ttl_s, refresh_token_ttl_s, created_at, updated_at) \
              VALUES ($1, $2, CAST($3 AS JSONB), $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(tenant.id.as_str())
-        .bind(&tenant.issuer)
-        .bind(rows::audiences_json(tenant))
-        .bind(p.signing_alg.as_str())
-        .bind(rows::period_i64(p.rotation_period))
-        .bind(rows::period_i64(p.overlap))
-        .bind(rows::period_i64(p.stage_lead))
-        .bind(rows::period_i64(p.access_token_ttl))
-        .bind(rows::period_i64(p.refresh_token_ttl))
-        .bind(tenant.created_at)
-        .bind(tenant.updated_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::Conflict("tenant"),
-            other => other,
-        })?;
+        );
+        bind_tenant(insert, tenant).bind(tenant.created_at).bind(tenant.updated_at).execute(&mut *tx).await.map_err(
+            |e| match StoreError::from(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("tenant"),
+                other => other,
+            },
+        )?;
         // A new tenant starts at version 1 (the column default).
         apply_plan_in(&mut tx, &tenant.id, 1, plan, fresh, now).await?;
         insert_events(&mut tx, events).await?;
@@ -285,24 +290,12 @@ impl Store for PgStore {
 
     async fn update_tenant(&self, tenant: &Tenant, events: &[AuditEvent]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let p = &tenant.policy;
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE tenants SET issuer = $2, audiences = CAST($3 AS JSONB), signing_alg = $4, rotation_period_s = $5, \
              overlap_s = $6, stage_lead_s = $7, access_token_ttl_s = $8, refresh_token_ttl_s = $9, updated_at = $10, \
              version = version + 1 WHERE id = $1",
-        )
-        .bind(tenant.id.as_str())
-        .bind(&tenant.issuer)
-        .bind(rows::audiences_json(tenant))
-        .bind(p.signing_alg.as_str())
-        .bind(rows::period_i64(p.rotation_period))
-        .bind(rows::period_i64(p.overlap))
-        .bind(rows::period_i64(p.stage_lead))
-        .bind(rows::period_i64(p.access_token_ttl))
-        .bind(rows::period_i64(p.refresh_token_ttl))
-        .bind(tenant.updated_at)
-        .execute(&mut *tx)
-        .await?;
+        );
+        let done = bind_tenant(update, tenant).bind(tenant.updated_at).execute(&mut *tx).await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::NotFound);
         }
