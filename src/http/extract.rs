@@ -88,6 +88,19 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
+/// The media type of the body (`Content-Type` without parameters, lower case), if any.
+pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+pub const FORM: &str = "application/x-www-form-urlencoded";
+
+/// JSON, or a JSON-based type such as `application/merge-patch+json`.
+pub fn is_json_type(media: &str) -> bool {
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
 /// Parses a tenant id from a path segment: 400 if it cannot be a tenant id at all.
 pub fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(|e| ApiError::invalid(e.to_string()))

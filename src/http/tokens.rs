@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, RawBody, tenant_id};
+use super::extract::{ApiJson, FORM, RawBody, is_json_type, media_type, tenant_id};
 use crate::domain::Actor;
 use crate::service::{GrantError, IssuedTokens, RefreshError, SessionRequest};
 
@@ -128,11 +128,9 @@ fn oauth_error(status: StatusCode, error: &'static str, description: impl Into<S
 }
 
 fn parse_token_request(headers: &HeaderMap, body: &Bytes) -> Result<TokenRequest, OAuthFailure> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    let parsed = match essence.as_str() {
-        "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes::<TokenRequest>(body).ok(),
-        "application/json" => serde_json::from_slice::<TokenRequest>(body).ok(),
+    let parsed = match media_type(headers).unwrap_or_default().as_str() {
+        FORM => serde_urlencoded::from_bytes::<TokenRequest>(body).ok(),
+        media if is_json_type(media) => serde_json::from_slice::<TokenRequest>(body).ok(),
         _ => {
             return Err(OAuthFailure(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

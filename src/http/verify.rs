@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{RawBody, tenant_id};
+use super::extract::{FORM, RawBody, is_json_type, media_type, tenant_id};
 use crate::token::{Reason, VerifyError};
 
 pub fn router() -> Router<AppState> {
@@ -56,19 +56,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_none_or(|ct| {
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-    })
-}
-
-fn is_form(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
-    })
-}
-
 fn rejected(reason: Reason) -> Response {
     let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.as_str());
     let mut response =
@@ -94,7 +81,7 @@ pub(crate) async fn verify(
     let tenant = tenant_id(&tenant)?;
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         VerifyRequest { token: None, audience: None }
-    } else if !is_json(&headers) {
+    } else if !media_type(&headers).as_deref().is_none_or(is_json_type) {
         return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as application/json"));
     } else {
         serde_json::from_slice::<VerifyRequest<'_>>(&body)
@@ -146,7 +133,7 @@ pub(crate) async fn introspect(
     // No body at all is simply no token: inactive, like any other token that does not verify.
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         IntrospectRequest { token: None, token_type_hint: None }
-    } else if !is_form(&headers) {
+    } else if media_type(&headers).as_deref() != Some(FORM) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "send the body as application/x-www-form-urlencoded",
