@@ -50,6 +50,7 @@ const ENV: &[(&str, &str)] = &[
     ("RL_VERIFY_PER_TENANT", "rate_limits.verify_per_tenant"),
     ("RL_TOKEN_PER_IP", "rate_limits.token_per_ip"),
     ("RL_SESSIONS_PER_ISSUER", "rate_limits.sessions_per_issuer"),
+    ("RL_AUDITED_REFUSALS_PER_IP", "rate_limits.audited_refusals_per_ip"),
     ("RL_OVERRIDES_JSON", "rate_limits.overrides"),
 ];
 

@@ -31,6 +31,8 @@ pub struct Jwks {
     pub body: Bytes,
     /// Strong ETag (quoted), derived from the body: it changes exactly when the set does.
     pub etag: String,
+    /// The ETag as a header value, built once.
+    pub etag_header: http::HeaderValue,
 }
 
 impl Jwks {
@@ -42,7 +44,10 @@ impl Jwks {
         // Serializing plain strings cannot fail.
         let body = serde_json::to_vec(&Doc { keys }).unwrap_or_default();
         let digest = Sha256::digest(&body);
-        Jwks { etag: format!("\"{}\"", B64.encode(&digest[..18])), body: Bytes::from(body) }
+        let etag = format!("\"{}\"", B64.encode(&digest[..18]));
+        // Quotes and base64url characters are always a valid header value.
+        let etag_header = http::HeaderValue::from_str(&etag).unwrap_or(http::HeaderValue::from_static("\"\""));
+        Jwks { etag, etag_header, body: Bytes::from(body) }
     }
 }
 

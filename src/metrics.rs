@@ -44,8 +44,9 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     /// Failed runs of a background loop, by loop (`rotation`, `reconcile`).
     pub background_failures: IntCounterVec,
-    /// Audit events dropped because the asynchronous writer's queue was full.
-    pub audit_dropped: IntGauge,
+    /// Audit events of refused requests not written: the writer's queue was full, or the
+    /// caller exceeded `audited_refusals_per_ip`.
+    pub audit_dropped: prometheus::IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -128,11 +129,15 @@ impl Metrics {
                 "Failed runs of background loops",
                 &["task"],
             ),
-            audit_dropped: gauge(
-                &r,
-                "keyward_audit_dropped_total",
-                "Audit events of refused requests dropped under overload",
-            ),
+            audit_dropped: {
+                let metric = prometheus::IntCounter::new(
+                    "keyward_audit_dropped_total",
+                    "Audit events of refused requests not written (overload or per-IP limit)",
+                )
+                .unwrap_or_else(|e| panic!("metric keyward_audit_dropped_total: {e}"));
+                r.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric: {e}"));
+                metric
+            },
             registry: r,
         }
     }

@@ -76,6 +76,9 @@ pub struct Limits {
     pub verify_per_tenant: Rate,
     pub token_per_ip: Rate,
     pub sessions_per_issuer: Rate,
+    /// Refused (unauthenticated) admin and issuer calls audited per client IP; beyond it
+    /// they are still refused, but not written to the audit trail.
+    pub audited_refusals_per_ip: Rate,
     /// Per-actor overrides: `"ip:10.0.0.7"`, `"tenant:acme"`, `"issuer:<fingerprint>"`.
     #[serde(default, deserialize_with = "overrides")]
     pub overrides: HashMap<String, Rate>,
@@ -125,12 +128,13 @@ pub enum Scope {
     VerifyTenant,
     TokenIp,
     SessionsIssuer,
+    AuthFailureIp,
 }
 
 impl Scope {
     fn override_prefix(self) -> &'static str {
         match self {
-            Scope::VerifyIp | Scope::TokenIp => "ip",
+            Scope::VerifyIp | Scope::TokenIp | Scope::AuthFailureIp => "ip",
             Scope::VerifyTenant => "tenant",
             Scope::SessionsIssuer => "issuer",
         }
@@ -163,6 +167,7 @@ impl RateLimiter {
             Scope::VerifyTenant => self.limits.verify_per_tenant,
             Scope::TokenIp => self.limits.token_per_ip,
             Scope::SessionsIssuer => self.limits.sessions_per_issuer,
+            Scope::AuthFailureIp => self.limits.audited_refusals_per_ip,
         }
     }
 
@@ -202,6 +207,7 @@ mod tests {
             verify_per_tenant: rate.parse().unwrap(),
             token_per_ip: rate.parse().unwrap(),
             sessions_per_issuer: rate.parse().unwrap(),
+            audited_refusals_per_ip: rate.parse().unwrap(),
             overrides: HashMap::from([("ip:10.0.0.9".to_owned(), "1000/s".parse().unwrap())]),
         }
     }

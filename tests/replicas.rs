@@ -143,12 +143,16 @@ async fn user_tenant_and_token_revocations_are_in_the_shared_deny_list() {
     let mut expected = vec![tenant_key.clone(), token_key.clone(), user_key.clone()];
     expected.sort();
     assert_eq!(keys, expected);
+    // Cutoffs also catch tokens Keyward did not issue, so they are kept for the refresh-token
+    // lifetime (30 days by default); a single token only until it expires (15 minutes).
     for key in [&user_key, &tenant_key] {
         let value = cluster.redis.get(key).await;
         let cutoff = time::OffsetDateTime::parse(&value, &time::format_description::well_known::Rfc3339);
         assert!(cutoff.is_ok(), "{key} holds {value:?}");
-        assert!((15 * 60..=16 * 60).contains(&cluster.redis.ttl(key).await));
+        let ttl = cluster.redis.ttl(key).await;
+        assert!((30 * 86_400..=30 * 86_400 + 60).contains(&ttl), "{key} TTL {ttl} s");
     }
+    assert!((15 * 60..=16 * 60).contains(&cluster.redis.ttl(&token_key).await));
 }
 
 /// With reconciliation out of the picture (an hour apart), only a notice can carry the

@@ -36,6 +36,7 @@ support::backend_tests!(
     creating_an_existing_tenant_is_a_conflict_and_writes_nothing,
     update_replaces_the_policy_and_bumps_the_version,
     updating_an_unknown_tenant_is_not_found_and_writes_nothing,
+    an_update_computed_from_an_older_version_is_stale_and_writes_nothing,
     stage_then_activate_matches_the_reference_model,
     stale_plan_changes_nothing,
     applying_the_same_plan_twice_is_refused_as_stale,
@@ -306,7 +307,7 @@ async fn update_replaces_the_policy_and_bumps_the_version(db: TestDatabase) {
     let event = AuditEvent::new(EventKind::TenantUpdated, Some(fx.id()), &admin(), later)
         .detail(json!({ "rotation_period": "30d", "signing_alg": "EdDSA" }));
 
-    fx.store.update_tenant(&updated, std::slice::from_ref(&event)).await.unwrap();
+    fx.store.update_tenant(&updated, before.version, std::slice::from_ref(&event)).await.unwrap();
 
     let after = fx.everything().await;
     assert_eq!(after.tenant, updated);
@@ -317,13 +318,24 @@ async fn update_replaces_the_policy_and_bumps_the_version(db: TestDatabase) {
     assert_eq!(after.audit.len(), before.audit.len() + 1);
 }
 
+async fn an_update_computed_from_an_older_version_is_stale_and_writes_nothing(db: TestDatabase) {
+    let mut fx = Fixture::new(&db, "acme").await;
+    let before = fx.everything().await;
+    let updated = Tenant { issuer: "https://elsewhere".into(), ..fx.tenant.clone() };
+
+    let result = fx.store.update_tenant(&updated, before.version - 1, &[]).await;
+
+    assert!(matches!(result, Err(StoreError::Stale(_))), "got {result:?}");
+    assert_eq!(fx.everything().await, before);
+}
+
 async fn updating_an_unknown_tenant_is_not_found_and_writes_nothing(db: TestDatabase) {
     let mut fx = Fixture::new(&db, "acme").await;
     let before = fx.everything().await;
     let ghost = new_tenant("ghost", T0);
     let event = AuditEvent::new(EventKind::TenantUpdated, Some(&ghost.id), &admin(), T0);
 
-    let result = fx.store.update_tenant(&ghost, &[event]).await;
+    let result = fx.store.update_tenant(&ghost, 2, &[event]).await;
 
     assert!(matches!(result, Err(StoreError::NotFound)), "got {result:?}");
     assert_eq!(fx.store.get_tenant(&ghost.id).await.unwrap(), None);
@@ -478,7 +490,8 @@ async fn tenants_are_listed_by_id_with_their_versions(db: TestDatabase) {
         ..tenants[2].clone()
     };
 
-    store.update_tenant(&mid, &[]).await.unwrap();
+    let version = store.load_tenant(&mid.id).await.unwrap().unwrap().version;
+    store.update_tenant(&mid, version, &[]).await.unwrap();
 
     let listed = store.list_tenants().await.unwrap();
     assert_eq!(listed, vec![tenants[1].clone(), mid.clone(), tenants[0].clone()]);

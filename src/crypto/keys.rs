@@ -10,8 +10,8 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    self, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair,
-    KeyPair as _, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
+    ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents,
 };
 use zeroize::Zeroizing;
 
@@ -203,17 +203,6 @@ impl VerifyingKey {
     pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
         self.key.verify_sig(message, sig).is_ok()
     }
-}
-
-/// Raw signature check with a key parsed per call: the baseline the benchmarks compare the
-/// cached path against.
-pub fn verify_unparsed(alg: SigningAlg, public: &[u8], message: &[u8], sig: &[u8]) -> bool {
-    let algorithm: &'static dyn signature::VerificationAlgorithm = match alg {
-        SigningAlg::Es256 => &ECDSA_P256_SHA256_FIXED,
-        SigningAlg::EdDsa => &ED25519,
-        SigningAlg::Rs256 => &RSA_PKCS1_2048_8192_SHA256,
-    };
-    signature::UnparsedPublicKey::new(algorithm, public).verify(message, sig).is_ok()
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::domain::{Actor, AuditEvent, EventKind};
+use super::extract::tenant_param;
+use crate::domain::{Actor, AuditEvent, EventKind, TenantId};
+use crate::ratelimit::Scope;
 
 pub const ADMIN_HEADER: &str = "x-admin-secret";
 pub const ISSUER_HEADER: &str = "x-issuer-secret";
@@ -87,19 +89,36 @@ pub async fn require_admin(State(state): State<AppState>, mut req: Request, next
             next.run(req).await
         }
         None => {
-            let actor = Actor { name: "anonymous".into(), ip };
-            let tenant = tenant_in_path(req.uri().path());
-            let detail = serde_json::json!({
-                "method": req.method().as_str(),
-                "path": req.uri().path(),
-                "secret_present": req.headers().contains_key(ADMIN_HEADER),
-            });
-            let event =
-                AuditEvent::new(EventKind::AdminUnauthorized, tenant.as_ref(), &actor, state.keys.now()).detail(detail);
-            state.audit.submit(event);
+            audit_refusal(&state, &mut req, ip).await;
             ApiError::unauthorized().into_response()
         }
     }
+}
+
+/// Audits a refused call, at most a few per second per address (beyond that they are
+/// counted in `keyward_audit_dropped_total`), naming the tenant only if it exists: an
+/// anonymous caller must not be able to flood the trail or forge entries for any slug.
+async fn audit_refusal(state: &AppState, req: &mut Request, ip: Option<String>) {
+    let address = ip.clone().unwrap_or_default();
+    if state.limiter.check(Scope::AuthFailureIp, &address, std::time::Instant::now()).is_err() {
+        state.metrics.audit_dropped.inc();
+        return;
+    }
+    let tenant = tenant_param(req)
+        .await
+        .and_then(|t| TenantId::parse(&t).ok())
+        .filter(|t| state.keys.registry().get(t.as_str()).is_some());
+    // The path is the caller's text: kept, but bounded.
+    let path: String = req.uri().path().chars().take(256).collect();
+    let detail = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "route": req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned()),
+        "secret_present": req.headers().contains_key(ADMIN_HEADER) || req.headers().contains_key(ISSUER_HEADER),
+    });
+    let actor = Actor { name: "anonymous".into(), ip };
+    let event = AuditEvent::new(EventKind::AdminUnauthorized, tenant.as_ref(), &actor, state.keys.now()).detail(detail);
+    state.audit.submit(event);
 }
 
 /// Middleware for issuing routes: an issuer secret or an admin secret.
@@ -117,12 +136,7 @@ pub async fn require_issuer(State(state): State<AppState>, mut req: Request, nex
             next.run(req).await
         }
         None => {
-            let actor = Actor { name: "anonymous".into(), ip };
-            let detail = serde_json::json!({ "method": req.method().as_str(), "path": req.uri().path() });
-            let tenant = tenant_in_path(req.uri().path());
-            let event =
-                AuditEvent::new(EventKind::AdminUnauthorized, tenant.as_ref(), &actor, state.keys.now()).detail(detail);
-            state.audit.submit(event);
+            audit_refusal(&state, &mut req, ip).await;
             ApiError::new(
                 super::error::ErrorCode::Unauthorized,
                 "a valid x-issuer-secret or x-admin-secret header is required",
@@ -130,12 +144,6 @@ pub async fn require_issuer(State(state): State<AppState>, mut req: Request, nex
             .into_response()
         }
     }
-}
-
-/// The tenant a path is about (`/a/{tenant}/...`), if it names a valid tenant id.
-fn tenant_in_path(path: &str) -> Option<crate::domain::TenantId> {
-    let rest = path.strip_prefix("/a/")?;
-    crate::domain::TenantId::parse(rest.split('/').next()?).ok()
 }
 
 /// The admin actor the middleware attached.
@@ -163,12 +171,5 @@ mod tests {
     fn debug_shows_no_digest() {
         let set = SecretSet::from_secrets(["first-secret-0123456"]);
         assert_eq!(format!("{set:?}"), "SecretSet(1 secrets)");
-    }
-
-    #[test]
-    fn tenant_is_read_from_tenant_paths_only() {
-        assert_eq!(tenant_in_path("/a/acme/admin/keys").unwrap().as_str(), "acme");
-        assert!(tenant_in_path("/admin/tenants").is_none());
-        assert!(tenant_in_path("/a/BAD/admin").is_none());
     }
 }

@@ -101,6 +101,15 @@ pub fn is_json_type(media: &str) -> bool {
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
+/// The `{tenant}` path parameter, percent-decoded exactly as handlers see it, for
+/// middleware (which must not read the raw path: `/a/%61cme` is tenant `acme`).
+pub async fn tenant_param(req: &mut Request) -> Option<String> {
+    let (mut parts, body) = std::mem::take(req).into_parts();
+    let params = axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await.ok();
+    *req = Request::from_parts(parts, body);
+    params?.iter().find(|(name, _)| *name == "tenant").map(|(_, value)| value.to_owned())
+}
+
 /// Parses a tenant id from a path segment: 400 if it cannot be a tenant id at all.
 pub fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(|e| ApiError::invalid(e.to_string()))

@@ -61,9 +61,7 @@ fn serve_jwks(state: &AppState, tenant: &str, headers: &HeaderMap) -> Response {
     };
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, state.jwks_cache_control.clone());
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        h.insert(header::ETAG, v);
-    }
+    h.insert(header::ETAG, snapshot.jwks.etag_header.clone());
     response
 }
 

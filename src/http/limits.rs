@@ -10,44 +10,44 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::auth::client_ip;
 use super::error::{ApiError, ErrorCode};
+use super::extract::tenant_param;
 use crate::domain::Actor;
 use crate::ratelimit::Scope;
 
-fn limited(wait: Duration) -> Response {
+fn limit_error(wait: Duration) -> ApiError {
     ApiError {
         code: ErrorCode::RateLimited,
         message: "too many requests; retry later".into(),
         retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
     }
-    .into_response()
 }
 
-fn tenant_segment(path: &str) -> &str {
-    path.strip_prefix("/a/").and_then(|rest| rest.split('/').next()).unwrap_or_default()
+fn limited(wait: Duration) -> Response {
+    limit_error(wait).into_response()
 }
 
 /// `/verify` and `/introspect`: per client IP, then per tenant.
-pub async fn verify(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn verify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let now = Instant::now();
     let ip = client_ip(req.extensions()).unwrap_or_default();
     if let Err(wait) = state.limiter.check(Scope::VerifyIp, &ip, now) {
         return limited(wait);
     }
     // Only known tenants get a bucket: unknown ids must not grow the table.
-    let tenant = tenant_segment(req.uri().path());
-    if state.keys.registry().get(tenant).is_some()
-        && let Err(wait) = state.limiter.check(Scope::VerifyTenant, tenant, now)
+    let tenant = tenant_param(&mut req).await.unwrap_or_default();
+    if state.keys.registry().get(&tenant).is_some()
+        && let Err(wait) = state.limiter.check(Scope::VerifyTenant, &tenant, now)
     {
         return limited(wait);
     }
     next.run(req).await
 }
 
-/// The refresh grant: per client IP.
+/// The refresh grant: per client IP (answered in the token endpoint's OAuth shape).
 pub async fn token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let ip = client_ip(req.extensions()).unwrap_or_default();
     if let Err(wait) = state.limiter.check(Scope::TokenIp, &ip, Instant::now()) {
-        return limited(wait);
+        return super::tokens::oauth_shaped(limit_error(wait));
     }
     next.run(req).await
 }

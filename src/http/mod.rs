@@ -118,6 +118,23 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(ops)
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed);
+    // Innermost first: the body limit and timeout, then metrics, ids and the request span;
+    // the headers every response carries go on last (outermost), so that answers made by
+    // the layers themselves (a timeout's 503) carry them too.
+    app = app.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(middleware::make_span).on_response(
+                DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(tower_http::LatencyUnit::Micros),
+            ))
+            .layer(PropagateRequestIdLayer::new(request_id))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))
+            .layer(HandleErrorLayer::new(middleware::timed_out))
+            .timeout(settings.request_timeout)
+            .layer(DefaultBodyLimit::max(settings.max_body_bytes)),
+    );
+    app =
+        app.layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
     for (name, value) in [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
@@ -132,18 +149,5 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             HeaderValue::from_static("max-age=63072000; includeSubDomains"),
         ));
     }
-    app.layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(middleware::make_span).on_response(
-                    DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(tower_http::LatencyUnit::Micros),
-                ))
-                .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))
-                .layer(HandleErrorLayer::new(middleware::timed_out))
-                .timeout(settings.request_timeout)
-                .layer(DefaultBodyLimit::max(settings.max_body_bytes)),
-        )
-        .with_state(state)
+    app.with_state(state)
 }

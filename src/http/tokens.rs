@@ -15,7 +15,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, FORM, RawBody, is_json_type, media_type, tenant_id};
 use crate::domain::Actor;
-use crate::service::{GrantError, IssuedTokens, RefreshError, SessionRequest};
+use crate::service::{IssuedTokens, RefreshError, SessionRequest};
 
 pub fn issuer_router() -> Router<AppState> {
     Router::new().route("/a/{tenant}/sessions", post(create_session))
@@ -97,8 +97,9 @@ pub(crate) async fn create_session(
     Ok(no_store(StatusCode::CREATED, TokenResponse::from(issued)))
 }
 
-/// The refresh grant, form-encoded (RFC 6749) or JSON.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// The refresh grant, form-encoded (RFC 6749) or JSON. (No `Debug`: it holds a refresh
+/// token.)
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct TokenRequest {
     #[schema(example = "refresh_token")]
     grant_type: Option<String>,
@@ -155,10 +156,24 @@ pub(crate) async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    body: Result<RawBody, ApiError>,
+) -> Response {
+    match grant(&state, peer, &tenant, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => oauth_shaped(e),
+    }
+}
+
+async fn grant(
+    state: &AppState,
+    peer: SocketAddr,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: Result<RawBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_id(&tenant)?;
-    let request = match parse_token_request(&headers, &body) {
+    let tenant = tenant_id(tenant)?;
+    let RawBody(body) = body?;
+    let request = match parse_token_request(headers, &body) {
         Ok(r) => r,
         Err(failure) => return Ok(failure.into_response()),
     };
@@ -179,11 +194,18 @@ pub(crate) async fn token(
     let actor = Actor { name: "refresh".into(), ip: Some(peer.ip().to_string()) };
     match state.sessions.refresh(&tenant, &refresh_token, &actor).await {
         Ok(issued) => Ok(no_store(StatusCode::OK, TokenResponse::from(issued))),
-        Err(RefreshError::Grant(e)) => Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", grant_message(e))),
+        Err(RefreshError::Grant(e)) => Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", e.to_string())),
         Err(RefreshError::Service(e)) => Err(e.into()),
     }
 }
 
-fn grant_message(e: GrantError) -> String {
-    e.to_string()
+/// Any error of the token endpoint in the shape its clients parse: the contract's code and
+/// message, plus RFC 6749's `error_description` (and `Retry-After` where it applies).
+pub(crate) fn oauth_shaped(e: ApiError) -> Response {
+    let retry_after = e.retry_after;
+    let mut response = OAuthFailure(e.code.status(), e.code.as_str(), e.message).into_response();
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }

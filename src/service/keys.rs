@@ -123,10 +123,24 @@ impl KeyService {
         self.notifier.keys_changed(&tenant, version).await;
     }
 
-    /// Rebuilds a tenant from the database after a change made here, and tells the others.
-    pub(super) async fn reload_and_notify(&self, tenant: &TenantId) -> Result<(), ServiceError> {
-        let loaded = self.store.load_tenant(tenant).await?.ok_or(ServiceError::NotFound("tenant"))?;
-        self.install_and_notify(loaded).await
+    /// After a change made here has been committed: rebuilds the tenant from the database
+    /// and tells the others. The change stands whatever happens now, so a failure is
+    /// logged, not returned (a caller told "failed" would retry a committed change);
+    /// reconciliation installs it within `reconcile_interval`.
+    pub(super) async fn reload_and_notify(&self, tenant: &TenantId) {
+        let loaded = match self.store.load_tenant(tenant).await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return,
+            Err(e) => {
+                self.metrics.background_failures.with_label_values(&["reload"]).inc();
+                tracing::warn!(tenant = %tenant, error = %e, "could not reload after a committed change");
+                return;
+            }
+        };
+        if let Err(e) = self.install_and_notify(loaded).await {
+            self.metrics.background_failures.with_label_values(&["reload"]).inc();
+            tracing::error!(tenant = %tenant, error = %e, "could not install a committed change");
+        }
     }
 
     pub(super) fn install(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {

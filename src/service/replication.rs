@@ -57,11 +57,20 @@ impl Replicator {
             if known.is_none_or(|k| k < v.revocations) {
                 // Revocations only accumulate, so merging what the database holds into what
                 // notices already brought is always correct.
-                for r in self.keys.store.live_revocations(&v.id, now).await? {
-                    self.revocations.apply(&v.id, r);
+                match self.keys.store.live_revocations(&v.id, now).await {
+                    Ok(all) => {
+                        for r in all {
+                            self.revocations.apply(&v.id, r);
+                        }
+                        let mut versions = self.revocation_versions.lock().unwrap_or_else(|e| e.into_inner());
+                        versions.insert(v.id.clone(), v.revocations);
+                        done.revocation_sets += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        tracing::error!(tenant = %v.id, error = %e, "could not reload revocations");
+                    }
                 }
-                self.revocation_versions.lock().unwrap_or_else(|e| e.into_inner()).insert(v.id.clone(), v.revocations);
-                done.revocation_sets += 1;
             }
         }
         if failed > 0 {
@@ -71,7 +80,7 @@ impl Replicator {
     }
 
     /// Applies one event from the fan-out.
-    pub async fn handle(&self, event: Event) {
+    pub async fn handle(self: &Arc<Self>, event: Event) {
         match event {
             Event::Notice(notice) if notice.origin == self.origin => {}
             Event::Notice(Notice { tenant, change: Change::Keys { version }, .. }) => {
@@ -86,7 +95,9 @@ impl Replicator {
             }
             Event::Resubscribed => {
                 self.reconcile_logged().await;
-                self.repair_deny_list().await;
+                // In the background: rewriting many entries must not hold up notices.
+                let this = Arc::clone(self);
+                tokio::spawn(async move { this.repair_deny_list().await });
             }
         }
     }

@@ -19,9 +19,18 @@ impl SessionService {
         actor: &Actor,
     ) -> Result<u64, ServiceError> {
         let snapshot = self.snapshot(tenant)?;
+        let policy = &snapshot.tenant.policy;
         let now = self.keys.now();
-        // Every access token issued before now has expired by then.
-        let forget_after = now + snapshot.tenant.policy.access_token_ttl.as_duration() + self.leeway();
+        // Kept until no token it can match is still valid: past the latest expiry of any
+        // token Keyward issued to these sessions (the access-token lifetime may have been
+        // shortened since), and, for cutoffs, which also catch tokens Keyward did not issue
+        // (legacy HS256), for at least the refresh-token lifetime.
+        let floor = match &scope {
+            SessionScope::Session(_) => now + policy.access_token_ttl.as_duration(),
+            _ => now + policy.access_token_ttl.max(policy.refresh_token_ttl).as_duration(),
+        };
+        let last_issued = self.keys.store.latest_token_exp(tenant, &scope).await?;
+        let forget_after = last_issued.map_or(floor, |last| floor.max(last)) + self.leeway();
         let revocation = match &scope {
             SessionScope::All => Revocation::Tenant { cutoff: now, forget_after },
             SessionScope::User(user_id) => Revocation::User { user_id: user_id.clone(), cutoff: now, forget_after },

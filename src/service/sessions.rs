@@ -17,15 +17,17 @@ use super::{KeyService, ServiceError};
 use crate::crypto::SigningKey;
 use crate::domain::{Actor, AuditEvent, EventKind, Period, TenantId};
 use crate::keyset::TenantKeys;
-use crate::store::{IssuedAccess, NewRefresh, RefreshOutcome, RefreshRejection, SessionRecord};
+use crate::store::{
+    IssuedAccess, NewRefresh, RefreshOutcome, RefreshRejection, RevocationKeep, SessionRecord, StoreError,
+};
 use crate::token::revocation::{Revocation, Revocations, new_session_id};
 use crate::token::{claims, jws};
 
 /// Prefix of every refresh token.
 pub const REFRESH_PREFIX: &str = "kwrt_";
 
-/// Custom claims larger than this (serialized) are refused: the whole token must stay
-/// well under the 8 KiB verifiers accept.
+/// Custom claims larger than this (serialized) are refused; the signed token as a whole is
+/// also checked against the 8 KiB verifiers accept.
 const MAX_CUSTOM_CLAIMS_BYTES: usize = 4096;
 
 /// What an issuing service asks for.
@@ -128,36 +130,52 @@ impl SessionService {
         if Value::Object(req.claims.clone()).to_string().len() > MAX_CUSTOM_CLAIMS_BYTES {
             return Err(ServiceError::Invalid(format!("custom claims exceed {MAX_CUSTOM_CLAIMS_BYTES} bytes")));
         }
-        let snapshot = self.snapshot(tenant)?;
-        let policy = &snapshot.tenant.policy;
-        let now = self.keys.now();
-        let session = SessionRecord {
-            id: new_session_id(now, random_bytes()?),
-            tenant: tenant.clone(),
-            user_id: req.user_id,
-            client_id: req.client_id,
-            scope: req.scope,
-            audience: req.audience,
-            claims: Value::Object(req.claims),
-            created_at: now,
-            expires_at: now + policy.refresh_token_ttl.as_duration(),
-            revoked_at: None,
-        };
-        let (signer, access) = new_access(&snapshot, now)?;
-        let access_token = sign_access(&snapshot, &signer, &session, &access)?;
-        let (refresh_token, refresh) = self.new_refresh(now, policy.refresh_token_ttl)?;
-        let mut event = AuditEvent::new(EventKind::SessionCreated, Some(tenant), actor, now)
-            .kid(access.kid.clone())
-            .detail(serde_json::json!({ "client_id": session.client_id, "jti": access.jti }));
-        event.session_id = Some(session.id.clone());
-        event.user_id = Some(session.user_id.clone());
-        self.keys.store.create_session(&session, &refresh, &access, &[event]).await?;
-        Ok(IssuedTokens {
-            session_id: session.id,
-            access_token,
-            expires_in: policy.access_token_ttl.as_secs(),
-            refresh_token,
-        })
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let snapshot = self.snapshot(tenant)?;
+            let policy = &snapshot.tenant.policy;
+            let now = self.keys.now();
+            let session = SessionRecord {
+                id: new_session_id(now, random_bytes()?),
+                tenant: tenant.clone(),
+                user_id: req.user_id.clone(),
+                client_id: req.client_id.clone(),
+                scope: req.scope.clone(),
+                audience: req.audience.clone(),
+                claims: Value::Object(req.claims.clone()),
+                created_at: now,
+                expires_at: now + policy.refresh_token_ttl.as_duration(),
+                revoked_at: None,
+            };
+            let (signer, access) = new_access(&snapshot, now)?;
+            let access_token = sign_access(&snapshot, &signer, &session, &access)?;
+            let (refresh_token, refresh) = self.new_refresh(now, policy.refresh_token_ttl)?;
+            let mut event = AuditEvent::new(EventKind::SessionCreated, Some(tenant), actor, now)
+                .kid(access.kid.clone())
+                .detail(serde_json::json!({ "client_id": session.client_id, "jti": access.jti }));
+            event.session_id = Some(session.id.clone());
+            event.user_id = Some(session.user_id.clone());
+            match self.keys.store.create_session(&session, &refresh, &access, &[event]).await {
+                Ok(()) => {
+                    return Ok(IssuedTokens {
+                        session_id: session.id,
+                        access_token,
+                        expires_in: policy.access_token_ttl.as_secs(),
+                        refresh_token,
+                    });
+                }
+                Err(StoreError::Stale(_)) if attempt < 3 => self.catch_up(tenant).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The key this replica signed with is no longer active in the database (a rotation or
+    /// revocation it has not heard of yet): catch up before signing again.
+    async fn catch_up(&self, tenant: &TenantId) -> Result<(), ServiceError> {
+        tracing::info!(tenant = %tenant, "signing key was demoted elsewhere; reloading before signing again");
+        self.keys.reload(tenant).await
     }
 
     /// The refresh grant: exchanges a refresh token for a new access token and a new
@@ -168,29 +186,34 @@ impl SessionService {
         presented: &str,
         actor: &Actor,
     ) -> Result<IssuedTokens, RefreshError> {
-        let snapshot = self.snapshot(tenant)?;
+        let mut attempt = 0;
+        let (snapshot, signer, access, refresh_token, outcome) = loop {
+            attempt += 1;
+            let snapshot = self.snapshot(tenant)?;
+            let policy = &snapshot.tenant.policy;
+            let now = self.keys.now();
+            let (signer, access) = new_access(&snapshot, now)?;
+            let (refresh_token, refresh) = self.new_refresh(now, policy.refresh_token_ttl)?;
+            // If this turns out to be reuse, the session's tokens are refused until the last
+            // one it was issued has expired.
+            let keep = RevocationKeep {
+                at_least_until: self.session_forget_after(now, policy.access_token_ttl),
+                after_last_token: self.keys.settings().leeway.as_duration(),
+            };
+            let presented_hash = hash_refresh_token(presented);
+            let grace = self.reuse_grace.as_duration();
+            match self
+                .keys
+                .store
+                .refresh_session(tenant, &presented_hash, now, grace, &refresh, &access, actor, keep)
+                .await
+            {
+                Ok(outcome) => break (snapshot, signer, access, refresh_token, outcome),
+                Err(StoreError::Stale(_)) if attempt < 3 => self.catch_up(tenant).await?,
+                Err(e) => return Err(ServiceError::from(e).into()),
+            }
+        };
         let policy = &snapshot.tenant.policy;
-        let now = self.keys.now();
-        let (signer, access) = new_access(&snapshot, now)?;
-        let (refresh_token, refresh) = self.new_refresh(now, policy.refresh_token_ttl)?;
-        // If this turns out to be reuse, the session's tokens are refused until the last
-        // one it could have been issued has expired.
-        let forget_after = self.session_forget_after(now, policy.access_token_ttl);
-        let outcome = self
-            .keys
-            .store
-            .refresh_session(
-                tenant,
-                &hash_refresh_token(presented),
-                now,
-                self.reuse_grace.as_duration(),
-                &refresh,
-                &access,
-                actor,
-                forget_after,
-            )
-            .await
-            .map_err(ServiceError::from)?;
         match outcome {
             RefreshOutcome::Rotated(session) => {
                 let access_token = sign_access(&snapshot, &signer, &session, &access)?;
@@ -201,8 +224,8 @@ impl SessionService {
                     refresh_token,
                 })
             }
-            RefreshOutcome::Reused(session) => {
-                self.applied(tenant, self.session_revocation(&session.id, now, policy.access_token_ttl)).await;
+            RefreshOutcome::Reused(session, forget_after) => {
+                self.applied(tenant, Revocation::Session { sid: session.id.clone(), forget_after }).await;
                 self.keys.metrics.refresh_reuse.with_label_values(&[tenant.as_str()]).inc();
                 tracing::warn!(tenant = %tenant, session = %session.id, "refresh token reuse detected; session revoked");
                 Err(GrantError::Reused.into())
@@ -213,11 +236,8 @@ impl SessionService {
         }
     }
 
-    /// The revocation of a session: kept until its last access token has expired.
-    pub fn session_revocation(&self, sid: &str, now: OffsetDateTime, access_ttl: Period) -> Revocation {
-        Revocation::Session { sid: sid.to_owned(), forget_after: self.session_forget_after(now, access_ttl) }
-    }
-
+    /// At least this long a revoked session's tokens are refused: every token issued
+    /// before now has expired by then (under the current lifetime).
     fn session_forget_after(&self, now: OffsetDateTime, access_ttl: Period) -> OffsetDateTime {
         now + access_ttl.as_duration() + self.keys.settings().leeway.as_duration()
     }
@@ -250,5 +270,14 @@ fn sign_access(
     access: &IssuedAccess,
 ) -> Result<String, ServiceError> {
     let claims = claims::access_token(&snapshot.tenant, session, &access.jti, access.issued_at, access.expires_at);
-    jws::sign(signer, "at+jwt", &claims).map_err(|e| ServiceError::Internal(e.into()))
+    let token = jws::sign(signer, "at+jwt", &claims).map_err(|e| ServiceError::Internal(e.into()))?;
+    // Every verifier (this one included) calls a longer token malformed.
+    if token.len() > jws::MAX_TOKEN_BYTES {
+        return Err(ServiceError::Invalid(format!(
+            "the access token would be {} bytes, over the {} verifiers accept: shorten claims, scope or audiences",
+            token.len(),
+            jws::MAX_TOKEN_BYTES
+        )));
+    }
+    Ok(token)
 }

@@ -73,23 +73,34 @@ impl KeyService {
         patch: PolicyPatch,
         actor: &Actor,
     ) -> Result<Tenant, ServiceError> {
-        let current = self.store.get_tenant(id).await?.ok_or(ServiceError::NotFound("tenant"))?;
-        let now = self.clock.now();
-        let updated = Tenant {
-            issuer: issuer.unwrap_or_else(|| current.issuer.clone()),
-            audiences: audiences.unwrap_or_else(|| current.audiences.clone()),
-            policy: patch.apply(&current.policy),
-            updated_at: now,
-            ..current.clone()
-        };
-        validate_identity(&updated.issuer, &updated.audiences)?;
-        updated.policy.validate(self.settings.jwks_max_age)?;
-        let event = AuditEvent::new(EventKind::TenantUpdated, Some(id), actor, now).detail(serde_json::json!({
-            "before": current, "after": updated,
-        }));
-        self.store.update_tenant(&updated, &[event]).await?;
-        self.reload_and_notify(id).await?;
-        Ok(updated)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let loaded = self.store.load_tenant(id).await?.ok_or(ServiceError::NotFound("tenant"))?;
+            let current = loaded.tenant;
+            let now = self.clock.now();
+            let updated = Tenant {
+                issuer: issuer.clone().unwrap_or_else(|| current.issuer.clone()),
+                audiences: audiences.clone().unwrap_or_else(|| current.audiences.clone()),
+                policy: patch.apply(&current.policy),
+                updated_at: now,
+                ..current.clone()
+            };
+            validate_identity(&updated.issuer, &updated.audiences)?;
+            updated.policy.validate(self.settings.jwks_max_age)?;
+            let event = AuditEvent::new(EventKind::TenantUpdated, Some(id), actor, now)
+                .detail(serde_json::json!({ "before": current, "after": updated }));
+            match self.store.update_tenant(&updated, loaded.version, &[event]).await {
+                Ok(()) => {
+                    self.reload_and_notify(id).await;
+                    return Ok(updated);
+                }
+                // Another change landed in between: apply the patch to what is there now,
+                // so two PATCHes of different fields both take effect.
+                Err(crate::store::StoreError::Stale(_)) if attempt < 5 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub async fn get_tenant(&self, id: &TenantId) -> Result<Tenant, ServiceError> {

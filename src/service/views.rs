@@ -29,7 +29,7 @@ pub struct KeyView {
     #[serde(with = "time::serde::rfc3339::option")]
     pub activatable_at: Option<OffsetDateTime>,
     /// Active key: when the schedule replaces it (activated + rotation_period).
-    /// Staged key: when the schedule will activate it.
+    /// Staged key: when the schedule will activate it (only the one published longest).
     #[serde(with = "time::serde::rfc3339::option")]
     pub scheduled_at: Option<OffsetDateTime>,
     /// The latest `exp` of a token this key signed.
@@ -47,6 +47,12 @@ impl KeyView {
             .find(|k| k.meta.state == KeyState::Active)
             .and_then(|k| k.meta.activated_at)
             .map(|at| at + policy.rotation_period.as_duration());
+        let next_kid = loaded
+            .keys
+            .iter()
+            .filter(|k| k.meta.state == KeyState::Staged)
+            .min_by_key(|k| (k.meta.created_at, k.meta.kid.clone()))
+            .map(|k| k.meta.kid.as_str());
         loaded
             .keys
             .iter()
@@ -55,7 +61,10 @@ impl KeyView {
                 let activatable_at = (m.state == KeyState::Staged).then(|| m.activatable_at(policy.stage_lead));
                 let scheduled_at = match m.state {
                     KeyState::Active => rotates_at,
-                    KeyState::Staged => activatable_at.map(|a| rotates_at.map_or(a, |r| r.max(a))),
+                    // The schedule activates the staged key published longest; others wait.
+                    KeyState::Staged if Some(m.kid.as_str()) == next_kid => {
+                        activatable_at.map(|a| rotates_at.map_or(a, |r| r.max(a)))
+                    }
                     _ => None,
                 };
                 KeyView {

@@ -13,6 +13,7 @@ const POSTGRES: &[Source] = &[
     (2, "tokens", include_str!("../../migrations/postgres/0002_tokens.sql")),
     (3, "revocations", include_str!("../../migrations/postgres/0003_revocations.sql")),
     (4, "leases", include_str!("../../migrations/postgres/0004_leases.sql")),
+    (5, "hardening", include_str!("../../migrations/postgres/0005_hardening.sql")),
 ];
 
 const SQLITE: &[Source] = &[
@@ -20,6 +21,7 @@ const SQLITE: &[Source] = &[
     (2, "tokens", include_str!("../../migrations/sqlite/0002_tokens.sql")),
     (3, "revocations", include_str!("../../migrations/sqlite/0003_revocations.sql")),
     (4, "leases", include_str!("../../migrations/sqlite/0004_leases.sql")),
+    (5, "hardening", include_str!("../../migrations/sqlite/0005_hardening.sql")),
 ];
 
 fn migrator(sources: &[Source]) -> Migrator {

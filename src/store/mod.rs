@@ -117,13 +117,23 @@ pub struct IssuedAccess {
     pub expires_at: OffsetDateTime,
 }
 
+/// How long the revocation of a session detected as reused is kept: at least until
+/// `at_least_until`, and `after_last_token` past the expiry of the last access token the
+/// session was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationKeep {
+    pub at_least_until: OffsetDateTime,
+    pub after_last_token: time::Duration,
+}
+
 /// What presenting a refresh token led to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// Exchanged: the new refresh token and access token were stored.
     Rotated(SessionRecord),
-    /// Presented again after use, outside the grace: the session is now revoked.
-    Reused(SessionRecord),
+    /// Presented again after use, outside the grace: the session is now revoked, and the
+    /// revocation kept until the given time.
+    Reused(SessionRecord, OffsetDateTime),
     /// Unknown token, or its session expired or revoked: nothing changed.
     Rejected(RefreshRejection),
 }
@@ -256,8 +266,14 @@ pub trait Store: Send + Sync + 'static {
         events: &[AuditEvent],
     ) -> Result<(), StoreError>;
 
-    /// Replaces issuer, audiences and policy. [`StoreError::NotFound`] if absent.
-    async fn update_tenant(&self, tenant: &Tenant, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Replaces issuer, audiences and policy, if the tenant is still at `expected_version`
+    /// ([`StoreError::Stale`] otherwise; [`StoreError::NotFound`] if it does not exist).
+    async fn update_tenant(
+        &self,
+        tenant: &Tenant,
+        expected_version: i64,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError>;
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
 
@@ -287,7 +303,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Stores a new session with its first refresh token, records its first access token
-    /// (advancing the key's `last_token_exp`), and writes the events.
+    /// (advancing the key's `last_token_exp`), and writes the events. [`StoreError::Stale`]
+    /// if `access.kid` is no longer the active key (nothing written).
     async fn create_session(
         &self,
         session: &SessionRecord,
@@ -298,10 +315,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Exchanges the refresh token whose hash is `presented` at `now`: if it is unused (or
     /// was used less than `grace` ago) and its session is live, stores `refresh` and records
-    /// `access` in the same transaction, extending the session. A token used longer than
-    /// `grace` ago is reuse: the session is revoked (and logged for every replica as a
-    /// session revocation kept until `forget_after`), and `token.reuse_detected` and
-    /// `session.revoked` are written by `actor`.
+    /// `access` in the same transaction, extending the session. An exchange within the
+    /// grace supersedes the token's earlier exchanges. A token used longer than `grace` ago
+    /// (or superseded) is reuse: the session is revoked (and logged for every replica as a
+    /// session revocation kept as `keep` says), and `token.reuse_detected` and
+    /// `session.revoked` are written by `actor`. [`StoreError::Stale`] if `access.kid` is
+    /// no longer the active key (nothing written).
     #[allow(clippy::too_many_arguments)]
     async fn refresh_session(
         &self,
@@ -312,7 +331,7 @@ pub trait Store: Send + Sync + 'static {
         refresh: &NewRefresh,
         access: &IssuedAccess,
         actor: &Actor,
-        forget_after: OffsetDateTime,
+        keep: RevocationKeep,
     ) -> Result<RefreshOutcome, StoreError>;
 
     /// One HS256 secret of the tenant, in any state.
@@ -360,6 +379,13 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
         events: &[AuditEvent],
     ) -> Result<(), StoreError>;
+
+    /// The latest expiry of any access token issued to the sessions in `scope`.
+    async fn latest_token_exp(
+        &self,
+        tenant: &TenantId,
+        scope: &SessionScope,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
 
     /// When the access token `jti` of this tenant expires, if Keyward issued it.
     async fn token_expiry(&self, tenant: &TenantId, jti: &str) -> Result<Option<OffsetDateTime>, StoreError>;

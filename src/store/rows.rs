@@ -269,3 +269,91 @@ pub(super) fn sealed_item(row: &impl Columns, kind: SealedKind) -> Result<Sealed
         },
     })
 }
+
+/// What presenting a refresh token means, decided from its row and its session's: the one
+/// rule both backends apply inside their transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefreshDecision {
+    SessionRevoked,
+    /// A second holder: the session must be revoked.
+    Reuse,
+    Expired,
+    /// Exchange it; `retry` when it was already exchanged moments ago (a client retrying
+    /// after a lost response), whose earlier exchange is then superseded.
+    Exchange {
+        retry: bool,
+    },
+}
+
+/// The facts about a presented refresh token the decision needs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PresentedRefresh {
+    pub session_revoked: bool,
+    pub superseded: bool,
+    pub used_at: Option<OffsetDateTime>,
+    /// Whether a token from an earlier exchange of this one has itself been used (only
+    /// asked when `used_at` is within the grace).
+    pub child_used: bool,
+    pub token_expires: OffsetDateTime,
+    pub session_expires: OffsetDateTime,
+}
+
+impl PresentedRefresh {
+    pub fn used_within(&self, now: OffsetDateTime, grace: time::Duration) -> bool {
+        self.used_at.is_some_and(|used| now - used <= grace)
+    }
+
+    pub fn decide(&self, now: OffsetDateTime, grace: time::Duration) -> RefreshDecision {
+        if self.session_revoked {
+            return RefreshDecision::SessionRevoked;
+        }
+        let used_long_ago = self.used_at.is_some_and(|used| now - used > grace);
+        if self.superseded || used_long_ago || (self.used_within(now, grace) && self.child_used) {
+            return RefreshDecision::Reuse;
+        }
+        if self.token_expires <= now || self.session_expires <= now {
+            return RefreshDecision::Expired;
+        }
+        RefreshDecision::Exchange { retry: self.used_at.is_some() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    const NOW: OffsetDateTime = datetime!(2026-01-01 12:00 UTC);
+    const GRACE: time::Duration = time::Duration::seconds(10);
+
+    fn fresh() -> PresentedRefresh {
+        PresentedRefresh {
+            session_revoked: false,
+            superseded: false,
+            used_at: None,
+            child_used: false,
+            token_expires: NOW + time::Duration::days(1),
+            session_expires: NOW + time::Duration::days(1),
+        }
+    }
+
+    #[test]
+    fn the_refresh_decision_table() {
+        let secs = time::Duration::seconds;
+        let cases = [
+            (fresh(), RefreshDecision::Exchange { retry: false }),
+            (PresentedRefresh { used_at: Some(NOW - secs(3)), ..fresh() }, RefreshDecision::Exchange { retry: true }),
+            (PresentedRefresh { used_at: Some(NOW - secs(11)), ..fresh() }, RefreshDecision::Reuse),
+            (PresentedRefresh { used_at: Some(NOW - secs(3)), child_used: true, ..fresh() }, RefreshDecision::Reuse),
+            (PresentedRefresh { superseded: true, ..fresh() }, RefreshDecision::Reuse),
+            (PresentedRefresh { token_expires: NOW, ..fresh() }, RefreshDecision::Expired),
+            (PresentedRefresh { session_expires: NOW - secs(1), ..fresh() }, RefreshDecision::Expired),
+            (PresentedRefresh { session_revoked: true, superseded: true, ..fresh() }, RefreshDecision::SessionRevoked),
+            (PresentedRefresh { used_at: Some(NOW - secs(11)), token_expires: NOW, ..fresh() }, RefreshDecision::Reuse),
+        ];
+        for (presented, expected) in cases {
+            assert_eq!(presented.decide(NOW, GRACE), expected, "{presented:?}");
+        }
+    }
+}

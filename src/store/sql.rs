@@ -19,15 +19,29 @@ pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions \
     (id, tenant_id, user_id, client_id, scope, audience, claims, created_at, expires_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
-pub(super) const INSERT_REFRESH: &str =
-    "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)";
+/// `$5`: the refresh token this one was exchanged for (none for a session's first).
+pub(super) const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens \
+    (token_hash, session_id, issued_at, expires_at, parent_hash) VALUES ($1, $2, $3, $4, $5)";
+
+/// Within the reuse grace, a new exchange of `$1` supersedes its earlier ones (`$2` now):
+/// only the newest chain survives, and presenting a superseded token is reuse.
+pub(super) const SUPERSEDE_SIBLINGS: &str =
+    "UPDATE refresh_tokens SET superseded_at = $2 WHERE parent_hash = $1 AND superseded_at IS NULL";
+
+/// Whether an earlier exchange of `$1` has itself been exchanged already: then a retry of
+/// `$1` is not a lost response but a second holder, and counts as reuse.
+pub(super) const CHILD_USED: &str =
+    "SELECT COUNT(*) FROM refresh_tokens WHERE parent_hash = $1 AND used_at IS NOT NULL";
 
 pub(super) const INSERT_ACCESS: &str = "INSERT INTO access_tokens \
     (jti, tenant_id, kid, session_id, user_id, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
-/// `$1` tenant, `$2` kid, `$3` the exp of a token just signed.
-pub(super) const ADVANCE_LAST_TOKEN_EXP: &str = "UPDATE keys SET last_token_exp = $3 \
-    WHERE tenant_id = $1 AND kid = $2 AND (last_token_exp IS NULL OR last_token_exp < $3)";
+/// `$1` tenant, `$2` kid, `$3` the exp of a token just signed. Affects one row exactly
+/// when the key is still active: a replica that has not yet heard of a rotation or a
+/// revocation must not hand out tokens signed by a key the database has demoted.
+pub(super) const ADVANCE_LAST_TOKEN_EXP: &str = "UPDATE keys SET last_token_exp = \
+    CASE WHEN last_token_exp IS NULL OR last_token_exp < $3 THEN $3 ELSE last_token_exp END \
+    WHERE tenant_id = $1 AND kid = $2 AND state = 'active'";
 
 pub(super) const MARK_REFRESH_USED: &str =
     "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL";
@@ -102,3 +116,11 @@ pub(super) const PURGE_ACCESS: &str = "DELETE FROM access_tokens WHERE expires_a
 
 pub(super) const SET_META: &str =
     "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+pub(super) const LATEST_EXP_SESSION: &str =
+    "SELECT MAX(expires_at) FROM access_tokens WHERE tenant_id = $1 AND session_id = $2";
+pub(super) const LATEST_EXP_USER: &str =
+    "SELECT MAX(expires_at) FROM access_tokens WHERE tenant_id = $1 AND user_id = $2";
+pub(super) const LATEST_EXP_TENANT: &str = "SELECT MAX(expires_at) FROM access_tokens WHERE tenant_id = $1";
+
+pub(super) const TENANT_EXISTS: &str = "SELECT COUNT(*) FROM tenants WHERE id = $1";

@@ -12,11 +12,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
-use super::rows::{self, AUDIT_COLUMNS, Columns, KEY_COLUMNS, SECRET_COLUMNS, SESSION_COLUMNS, TENANT_COLUMNS};
+use super::rows::{
+    self, AUDIT_COLUMNS, Columns, KEY_COLUMNS, PresentedRefresh, RefreshDecision, SECRET_COLUMNS, SESSION_COLUMNS,
+    TENANT_COLUMNS,
+};
 use super::{
     AuditRecord, IssuedAccess, KeyUsage, LoadedTenant, NewKey, NewRefresh, NewSecret, Purged, RefreshOutcome,
-    RefreshRejection, SealedItem, SealedKind, SecretRotation, SecretState, SessionRecord, SessionScope, Store,
-    StoreError, StoredKey, StoredSecret, TenantVersion, sql,
+    RefreshRejection, RevocationKeep, SealedItem, SealedKind, SecretRotation, SecretState, SessionRecord, SessionScope,
+    Store, StoreError, StoredKey, StoredSecret, TenantVersion, sql,
 };
 use crate::crypto::Sealed;
 use crate::domain::{Actor, AuditEvent, KeyRef, Plan, StalePlan, Tenant, TenantId};
@@ -150,12 +153,18 @@ async fn apply_plan_in(
     Ok(())
 }
 
-async fn insert_refresh(conn: &mut SqliteConnection, session_id: &str, refresh: &NewRefresh) -> Result<(), StoreError> {
+async fn insert_refresh(
+    conn: &mut SqliteConnection,
+    session_id: &str,
+    refresh: &NewRefresh,
+    parent: Option<&[u8; 32]>,
+) -> Result<(), StoreError> {
     sqlx::query(sql::INSERT_REFRESH)
         .bind(refresh.hash.as_slice())
         .bind(session_id)
         .bind(micros(refresh.issued_at))
         .bind(micros(refresh.expires_at))
+        .bind(parent.map(|p| p.as_slice()))
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -176,13 +185,34 @@ async fn record_access(
         .bind(micros(access.expires_at))
         .execute(&mut *conn)
         .await?;
-    sqlx::query(sql::ADVANCE_LAST_TOKEN_EXP)
+    let advanced = sqlx::query(sql::ADVANCE_LAST_TOKEN_EXP)
         .bind(session.tenant.as_str())
         .bind(&access.kid)
         .bind(micros(access.expires_at))
         .execute(&mut *conn)
         .await?;
+    if advanced.rows_affected() != 1 {
+        return Err(StalePlan { kid: access.kid.clone(), expected: "active" }.into());
+    }
     Ok(())
+}
+
+/// The latest expiry of an access token issued to the sessions in `scope`.
+async fn latest_exp(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    scope: &SessionScope,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    let query = match scope {
+        SessionScope::All => sqlx::query_scalar(sql::LATEST_EXP_TENANT).bind(tenant.as_str()),
+        SessionScope::User(subject) | SessionScope::Session(subject) => {
+            let statement =
+                if matches!(scope, SessionScope::User(_)) { sql::LATEST_EXP_USER } else { sql::LATEST_EXP_SESSION };
+            sqlx::query_scalar(statement).bind(tenant.as_str()).bind(subject.as_str())
+        }
+    };
+    let latest: Option<i64> = query.fetch_one(&mut *conn).await?;
+    latest.map(from_micros).transpose()
 }
 
 async fn insert_secret(
@@ -308,16 +338,31 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn update_tenant(&self, tenant: &Tenant, events: &[AuditEvent]) -> Result<(), StoreError> {
+    async fn update_tenant(
+        &self,
+        tenant: &Tenant,
+        expected_version: i64,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let update = sqlx::query(
             "UPDATE tenants SET issuer = $2, audiences = $3, signing_alg = $4, rotation_period_s = $5, overlap_s = $6, \
              stage_lead_s = $7, access_token_ttl_s = $8, refresh_token_ttl_s = $9, updated_at = $10, \
-             version = version + 1 WHERE id = $1",
+             version = version + 1 WHERE id = $1 AND version = $11",
         );
-        let done = bind_tenant(update, tenant).bind(micros(tenant.updated_at)).execute(&mut *tx).await?;
+        let done = bind_tenant(update, tenant)
+            .bind(micros(tenant.updated_at))
+            .bind(expected_version)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::NotFound);
+            let exists: i64 =
+                sqlx::query_scalar(sql::TENANT_EXISTS).bind(tenant.id.as_str()).fetch_one(&mut *tx).await?;
+            return Err(if exists == 0 {
+                StoreError::NotFound
+            } else {
+                StalePlan { kid: String::new(), expected: "at the version the update was computed from" }.into()
+            });
         }
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
@@ -405,7 +450,7 @@ impl Store for SqliteStore {
             .bind(micros(session.expires_at))
             .execute(&mut *tx)
             .await?;
-        insert_refresh(&mut tx, &session.id, refresh).await?;
+        insert_refresh(&mut tx, &session.id, refresh, None).await?;
         record_access(&mut tx, session, access).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
@@ -421,11 +466,11 @@ impl Store for SqliteStore {
         refresh: &NewRefresh,
         access: &IssuedAccess,
         actor: &Actor,
-        forget_after: OffsetDateTime,
+        keep: RevocationKeep,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
         let found = sqlx::query(
-            "SELECT r.session_id, r.expires_at, r.used_at FROM refresh_tokens r \
+            "SELECT r.session_id, r.expires_at, r.used_at, r.superseded_at FROM refresh_tokens r \
              JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1 AND s.tenant_id = $2",
         )
         .bind(presented.as_slice())
@@ -435,28 +480,52 @@ impl Store for SqliteStore {
         let Some(found) = found else {
             return Ok(RefreshOutcome::Rejected(RefreshRejection::Unknown));
         };
-        let token_expires = found.ts("expires_at")?;
-        let used_at = found.ts_opt("used_at")?;
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(found.text("session_id")?).fetch_one(&mut *tx).await?;
         let mut session = rows::session(&row)?;
-        if session.revoked_at.is_some() {
-            return Ok(RefreshOutcome::Rejected(RefreshRejection::SessionRevoked));
+        let mut facts = PresentedRefresh {
+            session_revoked: session.revoked_at.is_some(),
+            superseded: found.ts_opt("superseded_at")?.is_some(),
+            used_at: found.ts_opt("used_at")?,
+            child_used: false,
+            token_expires: found.ts("expires_at")?,
+            session_expires: session.expires_at,
+        };
+        if facts.used_within(now, grace) {
+            let used: i64 = sqlx::query_scalar(sql::CHILD_USED).bind(presented.as_slice()).fetch_one(&mut *tx).await?;
+            facts.child_used = used > 0;
         }
-        if used_at.is_some_and(|used| now - used > grace) {
-            sqlx::query(sql::REVOKE_SESSION_FOR_REUSE).bind(&session.id).bind(micros(now)).execute(&mut *tx).await?;
-            let revocation = Revocation::Session { sid: session.id.clone(), forget_after };
-            insert_revocation(&mut tx, tenant, &revocation, now).await?;
-            session.revoked_at = Some(now);
-            insert_events(&mut tx, &rows::reuse_events(&session, actor, now)).await?;
-            tx.commit().await?;
-            return Ok(RefreshOutcome::Reused(session));
-        }
-        if token_expires <= now || session.expires_at <= now {
-            return Ok(RefreshOutcome::Rejected(RefreshRejection::Expired));
+        match facts.decide(now, grace) {
+            RefreshDecision::SessionRevoked => return Ok(RefreshOutcome::Rejected(RefreshRejection::SessionRevoked)),
+            RefreshDecision::Expired => return Ok(RefreshOutcome::Rejected(RefreshRejection::Expired)),
+            RefreshDecision::Reuse => {
+                sqlx::query(sql::REVOKE_SESSION_FOR_REUSE)
+                    .bind(&session.id)
+                    .bind(micros(now))
+                    .execute(&mut *tx)
+                    .await?;
+                let scope = SessionScope::Session(session.id.clone());
+                let last = latest_exp(&mut tx, tenant, &scope).await?;
+                let forget_after =
+                    last.map_or(keep.at_least_until, |l| keep.at_least_until.max(l + keep.after_last_token));
+                let revocation = Revocation::Session { sid: session.id.clone(), forget_after };
+                insert_revocation(&mut tx, tenant, &revocation, now).await?;
+                session.revoked_at = Some(now);
+                insert_events(&mut tx, &rows::reuse_events(&session, actor, now)).await?;
+                tx.commit().await?;
+                return Ok(RefreshOutcome::Reused(session, forget_after));
+            }
+            RefreshDecision::Exchange { retry: true } => {
+                sqlx::query(sql::SUPERSEDE_SIBLINGS)
+                    .bind(presented.as_slice())
+                    .bind(micros(now))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            RefreshDecision::Exchange { retry: false } => {}
         }
         sqlx::query(sql::MARK_REFRESH_USED).bind(presented.as_slice()).bind(micros(now)).execute(&mut *tx).await?;
-        insert_refresh(&mut tx, &session.id, refresh).await?;
+        insert_refresh(&mut tx, &session.id, refresh, Some(presented)).await?;
         record_access(&mut tx, &session, access).await?;
         sqlx::query(sql::EXTEND_SESSION).bind(&session.id).bind(micros(refresh.expires_at)).execute(&mut *tx).await?;
         session.expires_at = session.expires_at.max(refresh.expires_at);
@@ -481,6 +550,8 @@ impl Store for SqliteStore {
         events: &[AuditEvent],
     ) -> Result<SecretRotation, StoreError> {
         let mut tx = self.begin_write().await?;
+        // First: on PostgreSQL the tenant row's lock queues a concurrent secret change.
+        sqlx::query(sql::BUMP_VERSION).bind(tenant.as_str()).execute(&mut *tx).await?;
         sqlx::query(sql::RETIRE_PREVIOUS_SECRET).bind(tenant.as_str()).execute(&mut *tx).await?;
         let previous_kid: Option<String> = sqlx::query_scalar(
             "UPDATE hmac_secrets SET state = 'previous', not_after = $2 \
@@ -491,7 +562,6 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         insert_secret(&mut tx, tenant, new, SecretState::Current, None, now).await?;
-        sqlx::query(sql::BUMP_VERSION).bind(tenant.as_str()).execute(&mut *tx).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(SecretRotation { current_kid: new.kid.clone(), previous_kid })
@@ -506,12 +576,13 @@ impl Store for SqliteStore {
         events: &[AuditEvent],
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        // First: on PostgreSQL the tenant row's lock queues a concurrent secret change.
+        sqlx::query(sql::BUMP_VERSION).bind(tenant.as_str()).execute(&mut *tx).await?;
         sqlx::query(sql::RETIRE_ALL_SECRETS).bind(tenant.as_str()).execute(&mut *tx).await?;
         insert_secret(&mut tx, tenant, current, SecretState::Current, None, now).await?;
         if let Some((previous, not_after)) = previous {
             insert_secret(&mut tx, tenant, previous, SecretState::Previous, not_after, now).await?;
         }
-        sqlx::query(sql::BUMP_VERSION).bind(tenant.as_str()).execute(&mut *tx).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
@@ -561,6 +632,15 @@ impl Store for SqliteStore {
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn latest_token_exp(
+        &self,
+        tenant: &TenantId,
+        scope: &SessionScope,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        latest_exp(&mut conn, tenant, scope).await
     }
 
     async fn token_expiry(&self, tenant: &TenantId, jti: &str) -> Result<Option<OffsetDateTime>, StoreError> {

@@ -3,7 +3,8 @@
 //! A hit skips parsing and the signature check only. Everything that can change after a
 //! token was verified is checked again on every hit by the caller: the key's state (a
 //! revoked key fails at once even before [`VerifiedCache::forget_kid`] runs), exp/nbf,
-//! issuer, audience and revocation. Entries never outlive their token.
+//! issuer, audience and revocation. An expired token is never answered from the cache (its
+//! `exp` is re-checked); its entry is dropped when its shard next fills up.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -111,7 +112,6 @@ mod tests {
             alg: "ES256",
             claims: UnverifiedClaims { exp: Some(exp), ..Default::default() },
             payload: b"{}".to_vec(),
-            via_previous_secret: false,
         })
     }
 

@@ -35,8 +35,12 @@ struct TenantRevocations {
 }
 
 impl TenantRevocations {
+    fn len(&self) -> usize {
+        self.sessions.len() + self.tokens.len() + self.users.len() + usize::from(self.everyone.is_some())
+    }
+
     fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.tokens.is_empty() && self.users.is_empty() && self.everyone.is_none()
+        self.len() == 0
     }
 }
 
@@ -86,13 +90,18 @@ pub struct Revocations {
     tenants: RwLock<HashMap<TenantId, TenantRevocations>>,
 }
 
-/// When the session a token belongs to started: from a Keyward session id, else `iat`.
+/// When the session a token belongs to started: from a Keyward session id (µs precise),
+/// but never later than the token's `iat` allows — a session cannot start after its token
+/// was issued, and a foreign `sid` that happens to decode to a future time must not escape
+/// a cutoff. `iat` has whole seconds, so it bounds the start at `iat + 1 s`.
 fn session_start(claims: &UnverifiedClaims) -> Option<OffsetDateTime> {
-    if let Some(started) = claims.sid.as_deref().and_then(session_created_at) {
-        return Some(started);
+    let from_sid = claims.sid.as_deref().and_then(session_created_at);
+    let iat = claims.iat.and_then(|iat| OffsetDateTime::from_unix_timestamp_nanos((iat * 1e9) as i128).ok());
+    match (from_sid, iat) {
+        (Some(sid), Some(iat)) => Some(sid.min(iat + time::Duration::SECOND)),
+        (Some(sid), None) => Some(sid),
+        (None, iat) => iat,
     }
-    let iat = claims.iat?;
-    OffsetDateTime::from_unix_timestamp_nanos((iat * 1e9) as i128).ok()
 }
 
 /// A new session id: 8 bytes of creation time (µs since the epoch, big-endian) and 8
@@ -167,37 +176,26 @@ impl Revocations {
         }
     }
 
-    /// Replaces a tenant's state with `all` (the live revocations read from the database,
-    /// which holds every revocation ever answered), as reconciliation does.
-    pub fn replace_tenant(&self, tenant: &TenantId, all: Vec<Revocation>) {
-        let fresh = Revocations::default();
-        for r in all {
-            fresh.apply(tenant, r);
-        }
-        let state = fresh.tenants.into_inner().unwrap_or_else(|e| e.into_inner()).remove(tenant).unwrap_or_default();
-        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        if state.is_empty() {
-            tenants.remove(tenant);
-        } else {
-            tenants.insert(tenant.clone(), state);
-        }
-    }
-
-    /// Forgets entries that can no longer match a live token.
+    /// Forgets entries that can no longer match a live token. One tenant at a time under
+    /// the write lock, so verification (which reads) is never stalled for a full scan.
     pub fn prune(&self, now: OffsetDateTime) -> usize {
-        let mut all = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        let tenants: Vec<TenantId> = self.tenants.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
         let mut removed = 0;
-        for t in all.values_mut() {
-            let before = t.sessions.len() + t.tokens.len() + t.users.len() + usize::from(t.everyone.is_some());
+        for tenant in tenants {
+            let mut all = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = all.get_mut(&tenant) else { continue };
+            let before = t.len();
             t.sessions.retain(|_, until| *until > now);
             t.tokens.retain(|_, until| *until > now);
             t.users.retain(|_, (_, until)| *until > now);
             if t.everyone.is_some_and(|(_, until)| until <= now) {
                 t.everyone = None;
             }
-            removed += before - (t.sessions.len() + t.tokens.len() + t.users.len() + usize::from(t.everyone.is_some()));
+            removed += before - t.len();
+            if t.is_empty() {
+                all.remove(&tenant);
+            }
         }
-        all.retain(|_, t| !t.is_empty());
         removed
     }
 
@@ -272,6 +270,32 @@ mod tests {
         assert_eq!(r.check("t", &legacy), Err(Reason::SessionRevoked));
         legacy.iat = Some((T0.unix_timestamp() + 5) as f64);
         assert_eq!(r.check("t", &legacy), Ok(()));
+    }
+
+    #[test]
+    fn a_foreign_sid_that_decodes_to_a_later_time_does_not_escape_a_cutoff() {
+        let r = Revocations::default();
+        r.apply(
+            &tenant(),
+            Revocation::User { user_id: "u".into(), cutoff: T0, forget_after: T0 + time::Duration::hours(1) },
+        );
+        let mut legacy = claims(Some(new_session_id(T0 + time::Duration::days(3000), [9; 8])), "u", "j");
+        legacy.iat = Some((T0.unix_timestamp() - 60) as f64);
+        assert_eq!(r.check("t", &legacy), Err(Reason::SessionRevoked));
+    }
+
+    #[test]
+    fn a_session_created_just_after_a_cutoff_survives_the_whole_second_iat_rounds_to() {
+        let r = Revocations::default();
+        let cutoff = T0 + time::Duration::milliseconds(500);
+        r.apply(
+            &tenant(),
+            Revocation::User { user_id: "u".into(), cutoff, forget_after: T0 + time::Duration::hours(1) },
+        );
+        let started = T0 + time::Duration::milliseconds(700);
+        let mut token = claims(Some(new_session_id(started, [1; 8])), "u", "j");
+        token.iat = Some(T0.unix_timestamp() as f64);
+        assert_eq!(r.check("t", &token), Ok(()));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use super::jws::{Unverified, UnverifiedClaims, parse};
 use super::reason::Reason;
 use crate::domain::{KeyUnusable, Period, SigningAlg};
-use crate::keyset::{HmacSecret, KeyEntry, SecretRole, TenantKeys};
+use crate::keyset::{HmacSecret, KeyEntry, TenantKeys};
 
 /// The JOSE name of the legacy shared-secret algorithm.
 pub const HS256: &str = "HS256";
@@ -25,8 +25,6 @@ pub struct Checked {
     pub claims: UnverifiedClaims,
     /// The decoded payload, a JSON object, as signed.
     pub payload: Vec<u8>,
-    /// Accepted by the previous HS256 secret (dual-secret fallback).
-    pub via_previous_secret: bool,
 }
 
 /// Which key(s) the header leads to.
@@ -49,18 +47,19 @@ pub struct Rules<'a> {
 /// Parses, finds the key, checks its state and the signature, then the claims.
 pub fn check(snapshot: &TenantKeys, token: &str, rules: Rules<'_>) -> Result<Checked, Reason> {
     let unverified = parse(token).map_err(|_| Reason::Malformed)?;
-    let (kid, alg, via_previous_secret) = check_signature(snapshot, &unverified, rules)?;
+    let (kid, alg) = check_signature(snapshot, &unverified, rules)?;
     check_claims(snapshot, &unverified.claims, rules)?;
-    Ok(Checked { kid, alg, claims: unverified.claims, payload: unverified.payload, via_previous_secret })
+    Ok(Checked { kid, alg, claims: unverified.claims, payload: unverified.payload })
 }
 
-/// alg → kid → key state → signature. Returns the kid and alg that verified, and whether
-/// the previous HS256 secret did.
+/// alg → kid → key state → signature. Returns the kid (or secret id) and alg that verified;
+/// whether that was the previous HS256 secret is judged by the caller against the current
+/// roles, which also holds for cached tokens.
 fn check_signature(
     snapshot: &TenantKeys,
     token: &Unverified<'_>,
     rules: Rules<'_>,
-) -> Result<(String, &'static str, bool), Reason> {
+) -> Result<(String, &'static str), Reason> {
     let now = rules.now;
     let candidate = candidate(snapshot, &token.alg, token.kid.as_deref())?;
     match candidate {
@@ -75,7 +74,7 @@ fn check_signature(
             if !verifier.verify(token.signing_input, &token.signature) {
                 return Err(Reason::BadSignature);
             }
-            Ok((entry.meta.kid.clone(), entry.meta.alg.as_str(), false))
+            Ok((entry.meta.kid.clone(), entry.meta.alg.as_str()))
         }
         Candidate::Secret(secret) => {
             if !secret.is_live(now) {
@@ -84,13 +83,13 @@ fn check_signature(
             if hmac::verify(&secret.key, token.signing_input, &token.signature).is_err() {
                 return Err(Reason::BadSignature);
             }
-            Ok((secret.kid.clone(), HS256, secret.role == SecretRole::Previous))
+            Ok((secret.kid.clone(), HS256))
         }
         Candidate::AnySecret => {
             // Current first; the previous one only while it is live.
             for secret in snapshot.hmac.iter().filter(|s| s.is_live(now)) {
                 if hmac::verify(&secret.key, token.signing_input, &token.signature).is_ok() {
-                    return Ok((secret.kid.clone(), HS256, secret.role == SecretRole::Previous));
+                    return Ok((secret.kid.clone(), HS256));
                 }
             }
             Err(Reason::BadSignature)
