@@ -331,16 +331,21 @@ async fn shared_secrets_are_never_at_rest_in_the_clear(db: TestDatabase) {
 // ----------------------------------------------------------------------------------- CLI
 
 /// Runs the `keyward` binary on the test's database with nothing from the test's own
-/// environment; returns its standard output as JSON.
-fn keyward_cli(db: &TestDatabase, master_keys: &str, workdir: &std::path::Path, args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
+/// environment; returns its standard output as JSON. The wait happens off the test's
+/// runtime thread: an app served in-process must keep running (a transaction it has open
+/// would otherwise hold SQLite's write lock until the CLI gives up).
+async fn keyward_cli(db: &TestDatabase, master_keys: &str, workdir: &std::path::Path, args: &[&str]) -> Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    command
         .args(args)
         .env_clear()
         .env("DATABASE_URL", &db.url)
         .env("KEYWARD_MASTER_KEYS", master_keys)
         .env("KEYWARD_LOG_LEVEL", "warn")
-        .current_dir(workdir)
-        .output()
+        .current_dir(workdir);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the CLI thread")
         .expect("running the keyward binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -351,12 +356,12 @@ fn keyward_cli(db: &TestDatabase, master_keys: &str, workdir: &std::path::Path, 
 async fn cli_manages_keys_on_the_same_database_as_the_server(db: TestDatabase) {
     let master_keys = new_master_key();
     let workdir = tempfile::tempdir().unwrap();
-    let cli = |args: &[&str]| keyward_cli(&db, &master_keys, workdir.path(), args);
+    let cli = |args: &'static [&'static str]| keyward_cli(&db, &master_keys, workdir.path(), args);
 
-    let created = cli(&["tenants", "create", "acme", "--alg", "EdDSA"]);
+    let created = cli(&["tenants", "create", "acme", "--alg", "EdDSA"]).await;
     let active = created["active_kid"].as_str().expect("active_kid").to_owned();
-    let staged = cli(&["keys", "stage", "--tenant", "acme"]);
-    let listed = cli(&["keys", "list", "--tenant", "acme"]);
+    let staged = cli(&["keys", "stage", "--tenant", "acme"]).await;
+    let listed = cli(&["keys", "list", "--tenant", "acme"]).await;
 
     assert_eq!(created["tenant"]["signing_alg"], "EdDSA", "{created}");
     assert_eq!((&staged["state"], &staged["alg"]), (&json!("staged"), &json!("EdDSA")), "{staged}");
@@ -379,7 +384,7 @@ async fn cli_manages_keys_on_the_same_database_as_the_server(db: TestDatabase) {
     assert_eq!(published, expected);
 
     // ...and picks up what the CLI does while it runs (reconciliation, every second here).
-    let third = cli(&["keys", "stage", "--tenant", "acme"])["kid"].as_str().unwrap().to_owned();
+    let third = cli(&["keys", "stage", "--tenant", "acme"]).await["kid"].as_str().unwrap().to_owned();
     let (app_ref, third_ref) = (&app, &third);
     eventually("the key staged by the CLI to be published", move || async move {
         app_ref.jwks_kids("acme").await.contains(third_ref).then_some(())
