@@ -9,12 +9,11 @@ use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::config::Settings;
-use crate::crypto::MasterKeys;
+use crate::crypto::{MasterKeys, hex, random_bytes};
 use crate::http::auth::{SecretSet, digest};
 use crate::store::{Backend, Store};
 
@@ -90,11 +89,9 @@ pub async fn admin_secrets(settings: &Settings, backend: Backend, store: &dyn St
         tracing::info!("using the admin secret generated at first start (set KEYWARD_ADMIN_SECRETS to replace it)");
         return Ok(SecretSet::from_digests(vec![decode_hex(&hex).context("stored admin secret digest")?]));
     }
-    let mut raw = [0u8; 32];
-    SystemRandom::new().fill(&mut raw).map_err(|_| anyhow::anyhow!("random generator failed"))?;
-    let secret = URL_SAFE_NO_PAD.encode(raw);
+    let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
     let digest = digest(&secret);
-    if !store.insert_meta(ADMIN_DIGEST_META, &encode_hex(&digest)).await? {
+    if !store.insert_meta(ADMIN_DIGEST_META, &hex(&digest)).await? {
         // Another process generated one first; use that.
         return Box::pin(admin_secrets(settings, backend, store)).await;
     }
@@ -113,10 +110,6 @@ pub async fn admin_secrets(settings: &Settings, backend: Backend, store: &dyn St
     Ok(SecretSet::from_digests(vec![digest]))
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn decode_hex(text: &str) -> anyhow::Result<[u8; 32]> {
     let bytes: Vec<u8> = (0..text.len())
         .step_by(2)
@@ -133,7 +126,7 @@ mod tests {
     #[test]
     fn hex_round_trips() {
         let d = digest("x");
-        assert_eq!(decode_hex(&encode_hex(&d)).unwrap(), d);
+        assert_eq!(decode_hex(&hex(&d)).unwrap(), d);
         assert!(decode_hex("zz").is_err());
     }
 }

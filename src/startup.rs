@@ -291,10 +291,7 @@ async fn prune_limits(limiter: Arc<RateLimiter>) {
 
 /// A random id for this process, so it can recognise its own notices.
 fn replica_id() -> anyhow::Result<String> {
-    use aws_lc_rs::rand::SecureRandom as _;
-    let mut raw = [0u8; 8];
-    aws_lc_rs::rand::SystemRandom::new().fill(&mut raw).map_err(|_| anyhow::anyhow!("random generator failed"))?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::crypto::hex(&crate::crypto::random_bytes::<8>()?))
 }
 
 /// Resolves on SIGINT or SIGTERM.

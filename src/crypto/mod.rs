@@ -4,7 +4,9 @@
 pub mod envelope;
 pub mod jwk;
 pub mod keys;
+pub mod random;
 
 pub use envelope::{EnvelopeError, MasterKeyError, MasterKeys, Owner, Sealed};
 pub use jwk::PublicJwk;
 pub use keys::{GeneratedKey, KeyError, PrivatePkcs8, SigningKey, VerifyingKey, generate};
+pub use random::{RandomError, hex, random_bytes};

@@ -41,7 +41,7 @@ pub fn digest(secret: &str) -> [u8; 32] {
 
 /// First 8 hex digits of the digest: identifies a secret in logs without revealing it.
 pub fn fingerprint(digest: &[u8; 32]) -> String {
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    crate::crypto::hex(&digest[..4])
 }
 
 impl SecretSet {

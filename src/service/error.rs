@@ -21,6 +21,12 @@ pub enum ServiceError {
     Internal(#[source] anyhow::Error),
 }
 
+impl From<crate::crypto::RandomError> for ServiceError {
+    fn from(e: crate::crypto::RandomError) -> Self {
+        ServiceError::Internal(e.into())
+    }
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {

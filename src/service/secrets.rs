@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::{KeyService, ServiceError};
 use crate::config::Secret;
+use crate::crypto::random_bytes;
 use crate::domain::{Actor, AuditEvent, EventKind, TenantId};
 use crate::keyset::secret_owner;
 use crate::store::NewSecret;
@@ -36,11 +37,7 @@ impl std::fmt::Debug for RotatedSecret {
 }
 
 fn random_kid() -> Result<String, ServiceError> {
-    let mut raw = [0u8; 9];
-    SystemRandom::new()
-        .fill(&mut raw)
-        .map_err(|_| ServiceError::Internal(anyhow::anyhow!("random generator failed")))?;
-    Ok(format!("hs256-{}", B64.encode(raw)))
+    Ok(format!("hs256-{}", B64.encode(random_bytes::<9>()?)))
 }
 
 fn check_secret(secret: &str) -> Result<(), ServiceError> {

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Map, Value};
@@ -14,7 +13,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{KeyService, ServiceError};
-use crate::crypto::SigningKey;
+use crate::crypto::{SigningKey, random_bytes};
 use crate::domain::{Actor, AuditEvent, EventKind, Period, TenantId};
 use crate::keyset::TenantKeys;
 use crate::store::{
@@ -82,14 +81,6 @@ pub struct SessionService {
     /// How long after its first use a refresh token may be presented again (a client
     /// retrying after a lost response) before it counts as reuse.
     reuse_grace: Period,
-}
-
-fn random_bytes<const N: usize>() -> Result<[u8; N], ServiceError> {
-    let mut out = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| ServiceError::Internal(anyhow::anyhow!("random generator failed")))?;
-    Ok(out)
 }
 
 pub fn hash_refresh_token(token: &str) -> [u8; 32] {
