@@ -104,51 +104,47 @@ impl KeyService {
         Ok(tenants.len())
     }
 
-    /// Rebuilds one tenant's snapshot from the database.
+    /// Rebuilds one tenant's snapshot from the database (reconciliation, notices, start).
     pub async fn reload(&self, tenant: &TenantId) -> Result<(), ServiceError> {
         let loaded = self.store.load_tenant(tenant).await?.ok_or(ServiceError::NotFound("tenant"))?;
-        self.install(loaded)
-    }
-
-    /// Installs a change made here and tells the other replicas.
-    pub(super) async fn install_and_notify(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {
-        let snapshot = TenantKeys::build(loaded, &self.master)?;
-        self.install_built_and_notify(snapshot).await;
+        self.install(self.build(loaded)?);
         Ok(())
     }
 
-    async fn install_built_and_notify(&self, snapshot: TenantKeys) {
+    /// The snapshot of `loaded`, its keys decrypted: fails rather than serve or sign with a
+    /// key this replica cannot open.
+    pub(super) fn build(&self, loaded: LoadedTenant) -> Result<TenantKeys, ServiceError> {
+        Ok(TenantKeys::build(loaded, &self.master)?)
+    }
+
+    /// Installs the snapshot of a change made here and tells the other replicas.
+    pub(super) async fn publish(&self, snapshot: TenantKeys) {
         let (tenant, version) = (snapshot.tenant.id.clone(), snapshot.version);
-        self.install_built(snapshot);
+        self.install(snapshot);
         self.notifier.keys_changed(&tenant, version).await;
     }
 
     /// After a change made here has been committed: rebuilds the tenant from the database
-    /// and tells the others. The change stands whatever happens now, so a failure is
-    /// logged, not returned (a caller told "failed" would retry a committed change);
-    /// reconciliation installs it within `reconcile_interval`.
-    pub(super) async fn reload_and_notify(&self, tenant: &TenantId) {
-        let loaded = match self.store.load_tenant(tenant).await {
-            Ok(Some(loaded)) => loaded,
+    /// and publishes it. The change stands whatever happens now, so a failure is logged,
+    /// not returned (a caller told "failed" would retry a committed change); reconciliation
+    /// installs it within `reconcile_interval`.
+    pub(super) async fn reload_and_publish(&self, tenant: &TenantId) {
+        let built = match self.store.load_tenant(tenant).await {
+            Ok(Some(loaded)) => self.build(loaded),
             Ok(None) => return,
+            Err(e) => Err(e.into()),
+        };
+        match built {
+            Ok(snapshot) => self.publish(snapshot).await,
             Err(e) => {
                 self.metrics.background_failures.with_label_values(&["reload"]).inc();
                 tracing::warn!(tenant = %tenant, error = %e, "could not reload after a committed change");
-                return;
             }
-        };
-        if let Err(e) = self.install_and_notify(loaded).await {
-            self.metrics.background_failures.with_label_values(&["reload"]).inc();
-            tracing::error!(tenant = %tenant, error = %e, "could not install a committed change");
         }
     }
 
-    pub(super) fn install(&self, loaded: LoadedTenant) -> Result<(), ServiceError> {
-        self.install_built(TenantKeys::build(loaded, &self.master)?);
-        Ok(())
-    }
-
-    fn install_built(&self, snapshot: TenantKeys) {
+    /// Swaps the snapshot in; a key it shows newly revoked leaves the verified-token cache.
+    fn install(&self, snapshot: TenantKeys) {
         let tenant = snapshot.tenant.id.clone();
         let revoked: Vec<String> = match self.registry.get(tenant.as_str()) {
             Some(before) => snapshot.newly_revoked(&before).map(str::to_owned).collect(),
@@ -283,10 +279,10 @@ impl KeyService {
             // committed: a key this replica cannot open must never become active.
             let version = loaded.version;
             apply_locally(&mut loaded, &plan, fresh.clone(), now)?;
-            let snapshot = TenantKeys::build(loaded.clone(), &self.master)?;
+            let snapshot = self.build(loaded.clone())?;
             match self.store.apply_plan(tenant, version, &plan, fresh.as_ref(), now, &events).await {
                 Ok(()) => {
-                    self.install_built_and_notify(snapshot).await;
+                    self.publish(snapshot).await;
                     return Ok((loaded, changes));
                 }
                 Err(StoreError::Stale(stale)) if attempt < STALE_RETRIES => {

@@ -87,7 +87,7 @@ impl KeyService {
             serde_json::json!({ "generated": generated.is_some(), "previous_not_after": not_after.unix_timestamp() }),
         );
         let rotation = self.store.rotate_secret(tenant, &new, Some(not_after), now, &[event]).await?;
-        self.reload_and_notify(tenant).await;
+        self.reload_and_publish(tenant).await;
         Ok(RotatedSecret {
             previous_not_after: rotation.previous_kid.as_ref().map(|_| not_after),
             current_kid: rotation.current_kid,
@@ -135,7 +135,7 @@ impl KeyService {
             not_after: previous_not_after.map(OffsetDateTime::unix_timestamp_nanos),
         };
         self.store.set_meta(&meta_key, &serde_json::to_string(&seed).unwrap_or_default()).await?;
-        self.reload_and_notify(tenant).await;
+        self.reload_and_publish(tenant).await;
         Ok(true)
     }
 

@@ -46,7 +46,8 @@ impl KeyService {
         })?;
         apply_locally(&mut loaded, &plan, fresh, now)?;
         let active_kid = loaded.keys.first().map(|k| k.meta.kid.clone()).unwrap_or_default();
-        self.install_and_notify(loaded).await?;
+        let snapshot = self.build(loaded)?;
+        self.publish(snapshot).await;
         Ok((tenant, active_kid))
     }
 
@@ -92,7 +93,7 @@ impl KeyService {
                 .detail(serde_json::json!({ "before": current, "after": updated }));
             match self.store.update_tenant(&updated, loaded.version, &[event]).await {
                 Ok(()) => {
-                    self.reload_and_notify(id).await;
+                    self.reload_and_publish(id).await;
                     return Ok(updated);
                 }
                 // Another change landed in between: apply the patch to what is there now,
