@@ -132,6 +132,9 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Number of scopes (the last variant's index + 1: keep it the last).
+    const COUNT: usize = Scope::AuthFailureIp as usize + 1;
+
     fn override_prefix(self) -> &'static str {
         match self {
             Scope::VerifyIp | Scope::TokenIp | Scope::AuthFailureIp => "ip",
@@ -143,23 +146,32 @@ impl Scope {
 
 pub struct RateLimiter {
     limits: Limits,
-    /// (scope, actor) → theoretical arrival time of the next conforming request.
-    shards: Vec<Mutex<HashMap<(Scope, String), Instant>>>,
+    /// The overrides by prefix ("ip", "tenant", "issuer"), then actor: looked up with the
+    /// request's `&str`, without building a key per request.
+    overrides: HashMap<String, HashMap<String, Rate>>,
+    /// Per scope, sharded: actor → theoretical arrival time of its next conforming request.
+    buckets: Vec<Vec<Mutex<HashMap<String, Instant>>>>,
     hasher: RandomState,
 }
 
 impl RateLimiter {
     pub fn new(limits: Limits) -> RateLimiter {
+        let mut overrides: HashMap<String, HashMap<String, Rate>> = HashMap::new();
+        for (key, rate) in &limits.overrides {
+            if let Some((prefix, actor)) = key.split_once(':') {
+                overrides.entry(prefix.to_owned()).or_default().insert(actor.to_owned(), *rate);
+            }
+        }
         RateLimiter {
             limits,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            overrides,
+            buckets: (0..Scope::COUNT).map(|_| (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect()).collect(),
             hasher: RandomState::new(),
         }
     }
 
     fn rate(&self, scope: Scope, actor: &str) -> Rate {
-        let key = format!("{}:{actor}", scope.override_prefix());
-        if let Some(rate) = self.limits.overrides.get(&key) {
+        if let Some(rate) = self.overrides.get(scope.override_prefix()).and_then(|by_actor| by_actor.get(actor)) {
             return *rate;
         }
         match scope {
@@ -177,20 +189,26 @@ impl RateLimiter {
             return Ok(());
         }
         let rate = self.rate(scope, actor);
-        let shard = (self.hasher.hash_one((scope, actor)) as usize) % SHARDS;
-        let mut map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
-        let tat = map.get(&(scope, actor.to_owned())).copied().unwrap_or(now).max(now);
+        let shard = (self.hasher.hash_one(actor) as usize) % SHARDS;
+        let mut map = self.buckets[scope as usize][shard].lock().unwrap_or_else(|e| e.into_inner());
+        let tat = map.get(actor).copied().unwrap_or(now).max(now);
         let allowed_from = tat.checked_sub(rate.tolerance()).unwrap_or(now);
         if now < allowed_from {
             return Err(allowed_from - now);
         }
-        map.insert((scope, actor.to_owned()), tat + rate.interval);
+        match map.get_mut(actor) {
+            Some(next) => *next = tat + rate.interval,
+            // Only an actor's first request in a while allocates.
+            None => {
+                map.insert(actor.to_owned(), tat + rate.interval);
+            }
+        }
         Ok(())
     }
 
     /// Forgets actors whose bucket is full again (they have been idle long enough).
     pub fn prune(&self, now: Instant) {
-        for shard in &self.shards {
+        for shard in self.buckets.iter().flatten() {
             shard.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, tat| *tat > now);
         }
     }
@@ -251,6 +269,6 @@ mod tests {
         let t0 = Instant::now();
         limiter.check(Scope::TokenIp, "a", t0).unwrap();
         limiter.prune(t0 + Duration::from_secs(2));
-        assert!(limiter.shards.iter().all(|s| s.lock().unwrap().is_empty()));
+        assert!(limiter.buckets.iter().flatten().all(|s| s.lock().unwrap().is_empty()));
     }
 }

@@ -11,9 +11,13 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode};
 
 /// Route template for labels and spans: never the raw path, which would put client input
-/// (and unbounded cardinality) into metrics and logs.
-pub fn route_of(req: &Request) -> String {
-    req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into())
+/// (and unbounded cardinality) into metrics and logs. (`MatchedPath` clones as a pointer.)
+pub fn route_of(req: &Request) -> Option<MatchedPath> {
+    req.extensions().get::<MatchedPath>().cloned()
+}
+
+fn route_label(route: &Option<MatchedPath>) -> &str {
+    route.as_ref().map_or("unmatched", MatchedPath::as_str)
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -34,15 +38,16 @@ pub async fn record_metrics(State(state): State<AppState>, req: Request, next: N
     let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
-    state.metrics.http_requests.with_label_values(&[route.as_str(), method, response.status().as_str()]).inc();
-    state.metrics.http_duration.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
+    let route = route_label(&route);
+    state.metrics.http_requests.with_label_values(&[route, method, response.status().as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
     response
 }
 
 /// The request span: method, route template and request id; no URI, query or headers.
 pub fn make_span(req: &Request) -> tracing::Span {
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    tracing::info_span!("request", method = %req.method(), route = %route_of(req), request_id = %request_id)
+    tracing::info_span!("request", method = %req.method(), route = %route_label(&route_of(req)), request_id = %request_id)
 }
 
 pub async fn not_found() -> Response {
