@@ -281,15 +281,7 @@ mod tests {
     const T0: time::OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
     fn policy() -> Policy {
-        let p = |s: &str| s.parse::<Period>().unwrap();
-        Policy {
-            signing_alg: SigningAlg::Es256,
-            rotation_period: p("90d"),
-            overlap: p("7d"),
-            stage_lead: p("2d"),
-            access_token_ttl: p("15m"),
-            refresh_token_ttl: p("30d"),
-        }
+        Policy::runbook()
     }
 
     fn tenant() -> Tenant {

@@ -10,14 +10,7 @@ fn p(s: &str) -> Period {
 }
 
 fn policy() -> Policy {
-    Policy {
-        signing_alg: SigningAlg::Es256,
-        rotation_period: p("90d"),
-        overlap: p("7d"),
-        stage_lead: p("2d"),
-        access_token_ttl: p("15m"),
-        refresh_token_ttl: p("30d"),
-    }
+    Policy::runbook()
 }
 
 /// A tenant as it is right after creation: one active key, activated at `T0`.

@@ -145,6 +145,23 @@ impl PolicyPatch {
     }
 }
 
+#[cfg(test)]
+impl Policy {
+    /// The runbook's policy (90-day rotation, 7-day overlap, 2-day stage lead, 15-minute
+    /// tokens): the fixture unit tests across the crate start from.
+    pub fn runbook() -> Policy {
+        let p = |s: &str| s.parse::<Period>().expect("a fixture duration");
+        Policy {
+            signing_alg: SigningAlg::Es256,
+            rotation_period: p("90d"),
+            overlap: p("7d"),
+            stage_lead: p("2d"),
+            access_token_ttl: p("15m"),
+            refresh_token_ttl: p("30d"),
+        }
+    }
+}
+
 /// A tenant as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Tenant {
@@ -191,14 +208,7 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy {
-            signing_alg: SigningAlg::Es256,
-            rotation_period: p("90d"),
-            overlap: p("7d"),
-            stage_lead: p("2d"),
-            access_token_ttl: p("15m"),
-            refresh_token_ttl: p("30d"),
-        }
+        Policy::runbook()
     }
 
     #[test]

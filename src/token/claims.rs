@@ -60,22 +60,14 @@ pub fn access_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Period, Policy, SigningAlg, TenantId};
+    use crate::domain::{Policy, TenantId};
 
     fn tenant(audiences: &[&str]) -> Tenant {
-        let p = |s: &str| s.parse::<Period>().unwrap();
         Tenant {
             id: TenantId::parse("t").unwrap(),
             issuer: "https://issuer".into(),
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
-            policy: Policy {
-                signing_alg: SigningAlg::Es256,
-                rotation_period: p("90d"),
-                overlap: p("7d"),
-                stage_lead: p("2d"),
-                access_token_ttl: p("15m"),
-                refresh_token_ttl: p("30d"),
-            },
+            policy: Policy::runbook(),
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
         }
